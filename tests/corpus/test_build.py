@@ -163,3 +163,19 @@ def test_interrupted_build_resumes_from_the_last_finished_step(
     assert read_manifest(out)["complete"]
     assert tree_hash(out / "documents") == documents_before
     assert load_sequences(out)["train"].input_ids.shape[1] == 32
+
+
+def test_an_existing_tokenizer_directory_is_used_instead_of_training(
+    small_corpus: Path, tmp_path: Path
+) -> None:
+    config = CorpusConfig(
+        domains=("stories",),
+        max_documents_per_domain=10,
+        context_length=16,
+        tokenizer=str(small_corpus / "tokenizer"),
+    )
+    build_corpus(config, tmp_path / "corpus")
+    given = load_tokenizer(small_corpus / "tokenizer")
+    used = load_tokenizer(tmp_path / "corpus" / "tokenizer")
+    assert used.get_vocab() == given.get_vocab()
+    assert len(used) == 512  # the given tokenizer's size, not the config's default 8192
