@@ -1,0 +1,133 @@
+"""Dataclass configs of a crosscoder (its shape) and of its training run, validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from crossdiff.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CrosscoderConfig:
+    """The shape of a crosscoder; saved as ``cfg.json`` beside its weights."""
+
+    models: tuple[str, ...]
+    """Model names, in the order their activations are concatenated."""
+    d_models: tuple[int, ...]
+    """Each model's activation width at its site, aligned with ``models``."""
+    dict_size: int
+    """Number of latents ``L``."""
+    k: int
+    """Average number of active latents per token (BatchTopK keeps ``k·B`` per batch)."""
+    n_shared: int = 0
+    """Designated shared latents ``S``: the first S, one tied decoder vector for all models."""
+    rank_by_decoder_norm: bool = True
+    """Rank latents by activation × Σ_m ‖d_i^m‖ (training and inference), not activation."""
+    sparsity_coeff: float = 0.0
+    """Optional extra penalty λ·Σ_i f_i·w_i·Σ_m ‖d_i^m‖ (0 = BatchTopK alone)."""
+    shared_sparsity_ratio: float = 0.15
+    """w_i for designated shared latents (1 for the others): λ_shared = ratio·λ."""
+    seed: int = 0
+    """Seed of the weight initialisation."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(self.models))
+        object.__setattr__(self, "d_models", tuple(int(d) for d in self.d_models))
+        if len(self.models) < 2:
+            raise ConfigError(f"a crosscoder needs at least two models, got {list(self.models)}")
+        if len(set(self.models)) != len(self.models):
+            raise ConfigError(f"model names must be distinct, got {list(self.models)}")
+        if len(self.d_models) != len(self.models):
+            raise ConfigError(
+                f"d_models has {len(self.d_models)} entries for {len(self.models)} models"
+            )
+        if any(d < 1 for d in self.d_models):
+            raise ConfigError(f"every d_model must be positive, got {list(self.d_models)}")
+        if self.dict_size < 1:
+            raise ConfigError(f"dict_size must be positive, got {self.dict_size}")
+        if not 0 < self.k < self.dict_size:
+            raise ConfigError(
+                f"k must satisfy 0 < k < dict_size ({self.dict_size}), got k={self.k}"
+            )
+        if not 0 <= self.n_shared <= self.dict_size:
+            raise ConfigError(
+                f"n_shared (shared block) must be between 0 and dict_size ({self.dict_size}), "
+                f"got {self.n_shared}"
+            )
+        if self.n_shared and len(set(self.d_models)) != 1:
+            raise ConfigError(
+                "a designated shared block ties one decoder vector across models, so it needs "
+                f"equal d_models; got {dict(zip(self.models, self.d_models, strict=True))} "
+                "(set n_shared=0 for models of different width)"
+            )
+        if self.sparsity_coeff < 0:
+            raise ConfigError(f"sparsity_coeff must be >= 0, got {self.sparsity_coeff}")
+        if not 0 <= self.shared_sparsity_ratio <= 1:
+            raise ConfigError(
+                f"shared_sparsity_ratio must be in [0, 1], got {self.shared_sparsity_ratio}"
+            )
+
+    @property
+    def d_total(self) -> int:
+        """The concatenated width ``C`` = Σ_m D_m."""
+        return sum(self.d_models)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train a crosscoder: optimiser, schedules, aux-k, checkpoints."""
+
+    steps: int
+    """Optimiser steps (one global batch each)."""
+    lr: float = 1e-3
+    """Peak Adam learning rate."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up from 0."""
+    decay_start: float = 0.8
+    """Fraction of ``steps`` after which the rate decays linearly to ``lr_end_fraction·lr``."""
+    lr_end_fraction: float = 0.0
+    """Final learning rate as a fraction of ``lr``."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's (β1, β2)."""
+    aux_k: int | None = None
+    """Dead latents used by the aux-k loss per token (None: C // 2)."""
+    aux_coeff: float = 1 / 32
+    """Weight of the aux-k loss."""
+    dead_tokens: int = 10_000_000
+    """A latent is dead after this many training tokens without firing."""
+    k_start: int | None = None
+    """Optional k annealing: start at this k and reach the config's k after ``k_anneal_steps``."""
+    k_anneal_steps: int = 0
+    """Steps of the linear k annealing."""
+    threshold_decay: float = 0.99
+    """EMA decay of the inference threshold θ (the batch's smallest kept score)."""
+    kernels: Literal["sparse", "dense"] = "sparse"
+    """``sparse``: decode and backward touch only selected latents; ``dense``: plain matmuls."""
+    checkpoint_every: int = 0
+    """Write a resumable checkpoint every this many steps (0: only at the end)."""
+    max_nan_batches: int = 10
+    """Batches with NaN/inf are skipped and counted; more than this stops training."""
+    progress: bool = False
+    """Show a tqdm bar with live FVE, L0 and dead fraction."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
+        if self.steps < 1:
+            raise ConfigError(f"steps must be positive, got {self.steps}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.warmup_steps < 0 or self.k_anneal_steps < 0 or self.checkpoint_every < 0:
+            raise ConfigError("warmup_steps, k_anneal_steps and checkpoint_every must be >= 0")
+        if not 0 <= self.decay_start <= 1 or not 0 <= self.lr_end_fraction <= 1:
+            raise ConfigError("decay_start and lr_end_fraction must be in [0, 1]")
+        if self.aux_k is not None and self.aux_k < 1:
+            raise ConfigError(f"aux_k must be positive, got {self.aux_k}")
+        if self.k_start is not None and self.k_start < 1:
+            raise ConfigError(f"k_start must be positive, got {self.k_start}")
+        if not 0 <= self.threshold_decay < 1:
+            raise ConfigError(f"threshold_decay must be in [0, 1), got {self.threshold_decay}")
+        if self.kernels not in ("sparse", "dense"):
+            raise ConfigError(f"kernels must be 'sparse' or 'dense', got {self.kernels!r}")
+        if self.max_nan_batches < 0:
+            raise ConfigError(f"max_nan_batches must be >= 0, got {self.max_nan_batches}")

@@ -1,0 +1,55 @@
+"""Export one model's slice of a crosscoder as an sae-lens SAE (JumpReLU, inference only).
+
+The exported SAE sees model m's activations ALONE: pre = x_m·s_m·W_enc^m + b_enc, which is the
+crosscoder's pre-activation with every other model's input set to zero. It differs from the
+joint view, where the other models' encoder terms add to pre and so change which latents fire.
+BatchTopK's score threshold ρ_i·ReLU(pre_i) > θ becomes the per-latent JumpReLU threshold θ/ρ_i,
+and the input scale s_m is folded into the weights, so no normalisation is left to sae-lens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from crossdiff.crosscoder.model import Crosscoder
+from crossdiff.errors import unknown_choice
+
+
+def to_sae_lens(model: Crosscoder, name: str):  # -> sae_lens.JumpReLUSAE
+    """The ``sae_lens.JumpReLUSAE`` equivalent to ``model`` on ``name``'s activations alone."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    if name not in model.cfg.models:
+        raise unknown_choice("model", name, model.cfg.models)
+    m = model.cfg.models.index(name)
+    lo, hi = model.offsets[m], model.offsets[m + 1]
+    scale = float(model.input_scale_M[m])
+    cfg = JumpReLUSAEConfig(
+        d_in=hi - lo,
+        d_sae=model.cfg.dict_size,
+        dtype="float32",
+        apply_b_dec_to_input=False,
+        normalize_activations="none",
+        metadata=SAEMetadata(model_name=name, crossdiff_crosscoder_models=list(model.cfg.models)),
+    )
+    sae = JumpReLUSAE(cfg)
+    with torch.no_grad():
+        rho_L = model.rank_weights()
+        theta = float(model.threshold)
+        threshold_L = torch.where(rho_L > 0, theta / rho_L.clamp_min(1e-30), torch.inf)
+        sae.W_enc.copy_(model.W_enc_CL[lo:hi] * scale)
+        sae.b_enc.copy_(model.b_enc_L)
+        sae.threshold.copy_(threshold_L)
+        sae.W_dec.copy_(model.decoder_weights()[:, lo:hi] / scale)
+        sae.b_dec.copy_(model.b_dec_C[lo:hi] / scale)
+    return sae
+
+
+def export_sae_lens(model: Crosscoder, name: str, path: str | Path) -> Path:
+    """Write ``name``'s slice to ``path`` for ``sae_lens.SAE.load_from_disk(path)``."""
+    path = Path(path)
+    to_sae_lens(model, name).save_model(path)
+    return path

@@ -1,0 +1,247 @@
+"""The crosscoder: per-model encoders summed into one BatchTopK code, per-model decoders."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from crossdiff.config import from_dict, to_dict
+from crossdiff.crosscoder.config import CrosscoderConfig
+from crossdiff.crosscoder.sparse import (
+    SparsePattern,
+    dense_decode,
+    dense_preacts,
+    selected_preacts,
+    sparse_decode,
+)
+from crossdiff.errors import ConfigError
+
+CONFIG_FILE = "cfg.json"
+WEIGHTS_FILE = "model.safetensors"
+
+Gather = Callable[[torch.Tensor, int], torch.Tensor]
+"""``(local top scores, k_total) -> the k_total-th largest score over all processes``."""
+
+
+@dataclass
+class ForwardOutput:
+    """What a training forward pass produces (in normalised units)."""
+
+    x_BC: torch.Tensor
+    """Normalised inputs of every model, concatenated."""
+    recon_BC: torch.Tensor
+    """Reconstruction of ``x_BC`` (decoder bias included), differentiable."""
+    pattern: SparsePattern
+    """The (token, latent) entries BatchTopK kept."""
+    acts_N: torch.Tensor
+    """Activations at the kept entries, differentiable w.r.t. the encoder."""
+    pre_BL: torch.Tensor
+    """Dense pre-activations, detached (the aux-k loss picks dead latents from them)."""
+    batch_threshold: float
+    """The smallest kept score of the (global) batch; feeds the inference threshold EMA."""
+
+
+class Crosscoder(nn.Module):
+    r"""A BatchTopK crosscoder over ``M`` models with ``S`` designated shared latents.
+
+    With x̃_m = s_m·x_m each model's activation scaled by a fixed input scale s_m (fitted so
+    that E‖x̃_m‖² = D_m), and d_i^m the decoder vector of latent i for model m:
+
+        pre_i   = Σ_m x̃_m · W_enc^m[:, i] + b_enc_i                       (dense, all latents)
+        score_i = ReLU(pre_i) · ρ_i,   ρ_i = Σ_m ‖d_i^m‖ (or 1 if not ranking by decoder norm)
+        train:  f_i = ReLU(pre_i) if score_i is among the k·B largest scores of the batch else 0
+        infer:  f_i = ReLU(pre_i) if score_i > θ else 0,  θ = EMA of the batch's smallest kept score
+        x̂_m    = (Σ_i f_i d_i^m + b_dec^m) / s_m
+
+    Latents ``0..S-1`` are the designated shared block: d_i^m is ONE parameter for every m
+    (tied, so the models must have equal d_model when S > 0). Only the decoder is tied.
+    """
+
+    def __init__(self, cfg: CrosscoderConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        L, S, C = cfg.dict_size, cfg.n_shared, cfg.d_total
+        gen = torch.Generator().manual_seed(cfg.seed)
+        W_shared_SD = torch.randn(S, cfg.d_models[0] if S else 0, generator=gen)
+        W_excl_XC = torch.randn(L - S, C, generator=gen)
+        self.W_dec_shared_SD = nn.Parameter(_unit_rows(W_shared_SD))
+        self.W_dec_excl_XC = nn.Parameter(
+            torch.cat([_unit_rows(w) for w in self._split_C(W_excl_XC)], dim=1)
+        )
+        self.W_enc_CL = nn.Parameter(self.decoder_weights().detach().T.contiguous())
+        self.b_enc_L = nn.Parameter(torch.zeros(L))
+        self.b_dec_C = nn.Parameter(torch.zeros(C))
+        self.register_buffer("input_scale_M", torch.ones(len(cfg.models)))
+        self.register_buffer("threshold", torch.zeros(()))
+
+    # ------------------------------------------------------------------ layout
+
+    @property
+    def offsets(self) -> list[int]:
+        """Start of each model's columns in the concatenated width ``C`` (and C at the end)."""
+        out = [0]
+        for d in self.cfg.d_models:
+            out.append(out[-1] + d)
+        return out
+
+    def _split_C(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Split the last axis of ``t`` into one view per model."""
+        return list(torch.split(t, list(self.cfg.d_models), dim=-1))
+
+    def decoder_weights(self) -> torch.Tensor:
+        """``W_dec_LC``: the shared block tiled across models, then the free latents."""
+        tiled_SC = self.W_dec_shared_SD.repeat(1, len(self.cfg.models))
+        return torch.cat([tiled_SC, self.W_dec_excl_XC], dim=0)
+
+    def decoder_norms(self) -> torch.Tensor:
+        """``[L, M]``: ‖d_i^m‖ for every latent and model."""
+        return torch.stack([w.norm(dim=1) for w in self._split_C(self.decoder_weights())], dim=1)
+
+    def rank_weights(self) -> torch.Tensor:
+        """``ρ_L``: Σ_m ‖d_i^m‖ if ranking by decoder norm, else ones (detached)."""
+        if not self.cfg.rank_by_decoder_norm:
+            return torch.ones(self.cfg.dict_size, device=self.b_enc_L.device)
+        return self.decoder_norms().detach().sum(dim=1)
+
+    # ------------------------------------------------------------------ inputs
+
+    def concat_inputs(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Check ``batch`` (model name -> ``[B, D_m]``) and return normalised ``x_BC``."""
+        missing = [m for m in self.cfg.models if m not in batch]
+        if missing:
+            raise ConfigError(
+                f"batch has no activations for model(s) {missing}; it has {sorted(batch)}, "
+                f"the crosscoder needs {list(self.cfg.models)}"
+            )
+        parts, n = [], None
+        for m, (name, d) in enumerate(zip(self.cfg.models, self.cfg.d_models, strict=True)):
+            x = batch[name]
+            if x.ndim != 2 or x.shape[1] != d:
+                raise ConfigError(
+                    f"activations of {name!r} must have shape [batch, {d}], got {list(x.shape)}"
+                )
+            if n is not None and x.shape[0] != n:
+                raise ConfigError(f"models have different batch sizes: {n} and {x.shape[0]}")
+            n = x.shape[0]
+            parts.append(x.to(self.b_enc_L.dtype) * self.input_scale_M[m])
+        return torch.cat(parts, dim=1)
+
+    def split_outputs(self, y_BC: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised ``[B, C]`` -> model name -> ``[B, D_m]`` in the models' own units."""
+        return {
+            name: part / self.input_scale_M[m]
+            for m, (name, part) in enumerate(zip(self.cfg.models, self._split_C(y_BC), strict=True))
+        }
+
+    @torch.no_grad()
+    def fit_input_scales_(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Set s_m so that E‖s_m·x_m‖² = D_m on ``batch``, and b_dec to the batch mean."""
+        for m, (name, d) in enumerate(zip(self.cfg.models, self.cfg.d_models, strict=True)):
+            x = batch[name].double()
+            self.input_scale_M[m] = (d / x.pow(2).sum(dim=1).mean().clamp_min(1e-30)).sqrt()
+        self.b_dec_C.copy_(self.concat_inputs(batch).mean(dim=0))
+
+    # ------------------------------------------------------------------ encode
+
+    @torch.no_grad()
+    def preacts(self, x_BC: torch.Tensor) -> torch.Tensor:
+        """Dense pre-activations ``[B, L]`` (no gradient)."""
+        return torch.addmm(self.b_enc_L, x_BC, self.W_enc_CL)
+
+    @torch.no_grad()
+    def batch_topk(
+        self, pre_BL: torch.Tensor, k_total: int, gather: Gather | None = None
+    ) -> tuple[SparsePattern, float]:
+        """Keep the ``k_total`` largest scores of the batch; returns the pattern and threshold.
+
+        Candidates are first filtered by half the current θ (exact: if fewer than ``k_total``
+        pass, every positive score is a candidate). With ``gather`` (data parallel), the
+        threshold is the ``k_total``-th largest score over all processes.
+        """
+        B, L = pre_BL.shape
+        rho_L = self.rank_weights()
+        lo = 0.5 * float(self.threshold)
+        flat_N = torch.empty(0, dtype=torch.long, device=pre_BL.device)
+        if lo > 0:
+            flat_N = (pre_BL > (lo / rho_L).nan_to_num(nan=torch.inf)).view(-1).nonzero()[:, 0]
+        if flat_N.numel() < k_total:
+            flat_N = ((pre_BL > 0) & (rho_L > 0)).view(-1).nonzero()[:, 0]
+        scores_N = pre_BL.view(-1)[flat_N] * rho_L[flat_N % L]
+        top = scores_N.topk(min(k_total, scores_N.numel()), sorted=False).values
+        if gather is not None:
+            t = float(gather(top, k_total))
+        else:
+            t = float(top.min()) if top.numel() == k_total else -float("inf")
+        flat_N = flat_N[scores_N >= t]
+        return SparsePattern.from_flat(flat_N, B, L), t
+
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        k: int | None = None,
+        kernels: Literal["sparse", "dense"] = "sparse",
+        gather: Gather | None = None,
+    ) -> ForwardOutput:
+        """Training forward: BatchTopK with ``k`` (default the config's) per token on average."""
+        x_BC = self.concat_inputs(batch)
+        pre_BL = self.preacts(x_BC)
+        pattern, t = self.batch_topk(pre_BL, (k or self.cfg.k) * x_BC.shape[0], gather)
+        W_dec_LC = self.decoder_weights()
+        if kernels == "sparse":
+            pre_N = pre_BL[pattern.rows_N, pattern.cols_N]
+            acts_N = selected_preacts(pre_N, self.W_enc_CL, self.b_enc_L, x_BC, pattern)
+            recon_BC = sparse_decode(acts_N, W_dec_LC, pattern) + self.b_dec_C
+        else:
+            acts_N = dense_preacts(self.W_enc_CL, self.b_enc_L, x_BC, pattern)
+            recon_BC = dense_decode(acts_N, W_dec_LC, pattern) + self.b_dec_C
+        return ForwardOutput(x_BC, recon_BC, pattern, acts_N, pre_BL, t)
+
+    @torch.no_grad()
+    def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Inference latents ``[B, L]``: ReLU(pre) where score > θ, else 0."""
+        pre_BL = self.preacts(self.concat_inputs(batch)).clamp_min(0)
+        return pre_BL * (pre_BL * self.rank_weights() > self.threshold)
+
+    @torch.no_grad()
+    def decode(self, latents_BL: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Latents ``[B, L]`` -> each model's reconstruction ``[B, D_m]`` in its own units."""
+        return self.split_outputs(latents_BL @ self.decoder_weights() + self.b_dec_C)
+
+    @torch.no_grad()
+    def reconstruct(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Inference reconstruction of every model from the joint code."""
+        return self.decode(self.encode(batch))
+
+    # ------------------------------------------------------------------ save/load
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write ``cfg.json`` and ``model.safetensors`` into directory ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / CONFIG_FILE).write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
+        tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
+        save_file(tensors, str(path / WEIGHTS_FILE))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "cpu") -> Crosscoder:
+        """Load a crosscoder saved by :meth:`save_pretrained`."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise ConfigError(f"{str(path)!r} has no {CONFIG_FILE} + {WEIGHTS_FILE} crosscoder")
+        cfg = from_dict(CrosscoderConfig, json.loads((path / CONFIG_FILE).read_text()), "cfg.json")
+        model = cls(cfg)
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+        return model.to(device)
+
+
+def _unit_rows(w: torch.Tensor) -> torch.Tensor:
+    """Rows of ``w`` scaled to unit norm."""
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)

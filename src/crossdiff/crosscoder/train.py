@@ -1,0 +1,361 @@
+"""Training a crosscoder from any iterable of batches: Adam, schedules, aux-k, checkpoints, DDP.
+
+A batch is ``dict[str, Tensor]``: model name -> activations ``[B, D_m]`` (the store's reader
+yields these). On resume the iterable is replayed from its start and the consumed batches are
+skipped, so it must yield the same sequence every time it is iterated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from crossdiff.config import to_dict
+from crossdiff.crosscoder.config import TrainConfig
+from crossdiff.crosscoder.distributed import Collectives
+from crossdiff.crosscoder.model import Crosscoder, ForwardOutput
+from crossdiff.crosscoder.sparse import (
+    SparsePattern,
+    dense_decode,
+    dense_preacts,
+    selected_preacts,
+    sparse_decode,
+)
+from crossdiff.errors import CrossdiffError
+from crossdiff.stages import atomic_directory
+
+CHECKPOINT_DIR = "checkpoint"
+TRAINER_FILE = "trainer.pt"
+
+
+class TrainingError(CrossdiffError):
+    """Training cannot go on (too many bad batches, a non-finite loss); no checkpoint is written."""
+
+
+@dataclass
+class StepStats:
+    """What one optimiser step measured (global over processes)."""
+
+    step: int
+    loss: float
+    """Total loss: reconstruction + aux-k + optional sparsity."""
+    mse: float
+    """Σ_C (x̃ − x̂)² averaged over tokens, in normalised units."""
+    aux: float
+    """Weighted aux-k loss."""
+    fve: float
+    """Pooled fraction of variance explained on this batch (normalised units)."""
+    l0: float
+    """Active latents per token."""
+    dead_fraction: float
+    """Share of latents without a firing in the last ``dead_tokens`` tokens."""
+    lr: float
+    k: int
+
+
+@dataclass
+class TrainState:
+    """Counters that, with the weights and Adam's moments, make a run resumable exactly."""
+
+    step: int = 0
+    batches_consumed: int = 0
+    nan_batches: int = 0
+    tokens_since_fired: torch.Tensor | None = None
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`."""
+
+    history: list[StepStats] = field(default_factory=list)
+    """Stats of the steps run by this call."""
+    steps: int = 0
+    """Optimiser steps done in total (including before a resume)."""
+    nan_batches: int = 0
+    """Batches skipped because they held NaN or inf."""
+    exhausted: bool = False
+    """True if the batches ran out before ``steps``."""
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Learning rate at ``step``: linear warm-up, flat, then linear decay to the end fraction."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_from = int(cfg.decay_start * cfg.steps)
+    if step < decay_from or cfg.steps <= decay_from:
+        return cfg.lr
+    progress = (step - decay_from) / (cfg.steps - decay_from)
+    return cfg.lr * (1 - progress * (1 - cfg.lr_end_fraction))
+
+
+def k_at(cfg: TrainConfig, k: int, step: int) -> int:
+    """BatchTopK's k at ``step`` under optional linear annealing from ``k_start``."""
+    if cfg.k_start is None or cfg.k_anneal_steps == 0 or step >= cfg.k_anneal_steps:
+        return k
+    return round(cfg.k_start + (k - cfg.k_start) * step / cfg.k_anneal_steps)
+
+
+def aux_k_loss(
+    model: Crosscoder,
+    out: ForwardOutput,
+    dead_L: torch.Tensor,
+    aux_k: int,
+    coll: Collectives,
+    kernels: str = "sparse",
+) -> torch.Tensor:
+    """‖e − ê‖² / ‖e − ē‖² · min(n_dead / aux_k, 1): the top ``aux_k`` dead latents per token
+    reconstruct the detached residual e (no decoder bias); the normaliser is global."""
+    n_dead = int(dead_L.sum())
+    if n_dead == 0:
+        return out.recon_BC.new_zeros(())
+    dead_idx = dead_L.nonzero()[:, 0]
+    kk = min(aux_k, n_dead)
+    B, L = out.pre_BL.shape
+    vals, j = out.pre_BL[:, dead_idx].topk(kk, dim=1, sorted=False)
+    j, perm = j.sort(dim=1)
+    vals = vals.gather(1, perm)
+    rows_N = torch.arange(B, device=vals.device).repeat_interleave(kk)
+    pattern = SparsePattern(rows_N, dead_idx[j].reshape(-1), B, L)
+    W_dec_LC = model.decoder_weights()
+    if kernels == "sparse":
+        pre_N = selected_preacts(vals.reshape(-1), model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
+        e_hat_BC = sparse_decode(pre_N.relu(), W_dec_LC, pattern)
+    else:
+        pre_N = dense_preacts(model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
+        e_hat_BC = dense_decode(pre_N.relu(), W_dec_LC, pattern)
+    e_BC = (out.x_BC - out.recon_BC).detach()
+    e64 = e_BC.double()
+    sums = coll.sum_(torch.cat([e64.new_tensor([B]), e64.sum(0), e64.pow(2).sum()[None]]))
+    n, sum_C, sq = sums[0], sums[1:-1], sums[-1]
+    denominator = (sq - sum_C.pow(2).sum() / n).clamp_min(1e-12)
+    numerator = (e_BC - e_hat_BC).pow(2).sum()
+    scale = min(n_dead / aux_k, 1.0) * coll.world
+    return numerator * scale / denominator.to(numerator.dtype)
+
+
+def sparsity_penalty(model: Crosscoder, out: ForwardOutput) -> torch.Tensor:
+    """λ·Σ_i f_i·w_i·Σ_m ‖d_i^m‖ per token (w = ``shared_sparsity_ratio`` on the shared block)."""
+    cfg = model.cfg
+    weight_L = model.decoder_norms().sum(dim=1)
+    if cfg.n_shared:
+        ratio = torch.ones_like(weight_L)
+        ratio[: cfg.n_shared] = cfg.shared_sparsity_ratio
+        weight_L = weight_L * ratio
+    per_entry = out.acts_N * weight_L[out.pattern.cols_N]
+    return cfg.sparsity_coeff * per_entry.sum() / out.x_BC.shape[0]
+
+
+def _is_finite(batch: Mapping[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(x).all()) for x in batch.values())
+
+
+def train_step(
+    model: Crosscoder,
+    optimizer: torch.optim.Optimizer,
+    batch: Mapping[str, torch.Tensor],
+    state: TrainState,
+    cfg: TrainConfig,
+    coll: Collectives,
+) -> StepStats:
+    """One optimiser step on this process's slice of a global batch."""
+    lr, k = lr_at(cfg, state.step), k_at(cfg, model.cfg.k, state.step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    local = coll.local_slice(batch)
+    gather = coll.kth_largest if coll.active else None
+    out = model(local, k=k, kernels=cfg.kernels, gather=gather)
+    err_BC = out.x_BC - out.recon_BC
+    mse = err_BC.pow(2).sum() / out.x_BC.shape[0]
+    dead_L = state.tokens_since_fired >= cfg.dead_tokens
+    aux_k = cfg.aux_k or model.cfg.d_total // 2
+    aux = cfg.aux_coeff * aux_k_loss(model, out, dead_L, aux_k, coll, cfg.kernels)
+    loss = mse + aux
+    if model.cfg.sparsity_coeff:
+        loss = loss + sparsity_penalty(model, out)
+    with torch.no_grad():
+        x = out.x_BC.double()
+        logged = coll.sum_(
+            torch.stack(
+                [
+                    loss.detach().double(),
+                    mse.detach().double(),
+                    aux.detach().double(),
+                    err_BC.detach().double().pow(2).sum(),
+                    x.pow(2).sum(),
+                    x.new_tensor(x.shape[0]),
+                    x.new_tensor(out.pattern.rows_N.numel()),
+                    *x.sum(0),
+                ]
+            )
+        )
+    loss_g, mse_g, aux_g = (float(v) / coll.world for v in logged[:3])
+    if not math.isfinite(loss_g):
+        raise TrainingError(
+            f"non-finite loss at step {state.step} (inputs were finite); stopping without "
+            "writing a checkpoint: lower the learning rate"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    coll.average_gradients_(params)
+    optimizer.step()
+
+    with torch.no_grad():
+        fired = torch.bincount(out.pattern.cols_N, minlength=model.cfg.dict_size)
+        fired = coll.sum_(fired.to(torch.float64)) > 0
+        n_tokens = int(logged[5])
+        state.tokens_since_fired += n_tokens
+        state.tokens_since_fired[fired] = 0
+        t = out.batch_threshold
+        if math.isfinite(t) and t > 0:
+            old = float(model.threshold)
+            model.threshold.fill_(
+                t if old == 0 else cfg.threshold_decay * old + (1 - cfg.threshold_decay) * t
+            )
+    sq_err, sq_x, n = float(logged[3]), float(logged[4]), float(logged[5])
+    total_var = sq_x - float(logged[7:].pow(2).sum()) / n
+    state.step += 1
+    return StepStats(
+        step=state.step,
+        loss=loss_g,
+        mse=mse_g,
+        aux=aux_g,
+        fve=1 - sq_err / max(total_var, 1e-30),
+        l0=float(logged[6]) / n,
+        dead_fraction=float(dead_L.float().mean()),
+        lr=lr,
+        k=k,
+    )
+
+
+def make_optimizer(model: Crosscoder, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam over every trainable parameter."""
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+
+
+def save_checkpoint(
+    out_dir: Path,
+    model: Crosscoder,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    cfg: TrainConfig,
+) -> None:
+    """Write ``out_dir/checkpoint`` (weights, Adam state, counters) atomically."""
+    with atomic_directory(out_dir / CHECKPOINT_DIR) as tmp:
+        model.save_pretrained(tmp / "model")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "step": state.step,
+                "batches_consumed": state.batches_consumed,
+                "nan_batches": state.nan_batches,
+                "tokens_since_fired": state.tokens_since_fired,
+                "train_config": to_dict(cfg),
+            },
+            tmp / TRAINER_FILE,
+        )
+
+
+def load_checkpoint(
+    out_dir: Path, model: Crosscoder, optimizer: torch.optim.Optimizer
+) -> TrainState | None:
+    """Restore a checkpoint written by :func:`save_checkpoint`, or None if there is none."""
+    ckpt = out_dir / CHECKPOINT_DIR
+    if not (ckpt / TRAINER_FILE).is_file():
+        return None
+    saved = Crosscoder.from_pretrained(ckpt / "model")
+    if saved.cfg != model.cfg:
+        raise CrossdiffError(f"checkpoint in {str(ckpt)!r} is for a different crosscoder config")
+    model.load_state_dict(saved.state_dict())
+    trainer = torch.load(ckpt / TRAINER_FILE, weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    return TrainState(
+        step=trainer["step"],
+        batches_consumed=trainer["batches_consumed"],
+        nan_batches=trainer["nan_batches"],
+        tokens_since_fired=trainer["tokens_since_fired"],
+    )
+
+
+def train(
+    model: Crosscoder,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place on global ``batches``; checkpoints into ``out_dir`` if given.
+
+    With ``resume`` and a checkpoint in ``out_dir``, training continues from it exactly. Under
+    ``torchrun`` (call :func:`~crossdiff.crosscoder.distributed.init_distributed` first) each
+    process trains on its slice of every batch and only rank 0 writes.
+    """
+    coll = Collectives()
+    optimizer = make_optimizer(model, cfg)
+    out = Path(out_dir) if out_dir is not None else None
+    state = load_checkpoint(out, model, optimizer) if out is not None and resume else None
+    fresh = state is None
+    if state is None:
+        state = TrainState(tokens_since_fired=torch.zeros(model.cfg.dict_size, dtype=torch.long))
+    result = TrainResult(steps=state.step, nan_batches=state.nan_batches)
+    stream = itertools.islice(iter(batches), state.batches_consumed, None)
+    bar = _progress(cfg, state.step, coll)
+    while state.step < cfg.steps:
+        batch = next(stream, None)
+        if batch is None:
+            result.exhausted = True
+            break
+        state.batches_consumed += 1
+        if not _is_finite(batch):
+            state.nan_batches += 1
+            if state.nan_batches > cfg.max_nan_batches:
+                raise TrainingError(
+                    f"{state.nan_batches} batches held NaN/inf (limit {cfg.max_nan_batches}); "
+                    "stopping without writing a checkpoint"
+                )
+            continue
+        if fresh:
+            model.fit_input_scales_(batch)
+            fresh = False
+        stats = train_step(model, optimizer, batch, state, cfg, coll)
+        result.history.append(stats)
+        if bar is not None:
+            bar.update(1)
+            if stats.step % 10 == 0 or stats.step == cfg.steps:
+                bar.set_postfix(
+                    fve=f"{stats.fve:.3f}", l0=f"{stats.l0:.1f}", dead=f"{stats.dead_fraction:.3f}"
+                )
+        if out is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+            _checkpoint(out, model, optimizer, state, cfg, coll)
+    if bar is not None:
+        bar.close()
+    if out is not None:
+        _checkpoint(out, model, optimizer, state, cfg, coll)
+    result.steps, result.nan_batches = state.step, state.nan_batches
+    return result
+
+
+def _checkpoint(
+    out: Path,
+    model: Crosscoder,
+    optimizer: torch.optim.Optimizer,
+    state: TrainState,
+    cfg: TrainConfig,
+    coll: Collectives,
+) -> None:
+    if coll.rank == 0:
+        save_checkpoint(out, model, optimizer, state, cfg)
+    coll.barrier()
+
+
+def _progress(cfg: TrainConfig, initial: int, coll: Collectives):
+    if not cfg.progress or coll.rank != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=initial, desc="crosscoder", unit="step")
