@@ -1,0 +1,143 @@
+"""``crossdiff harvest``: the same corpus tokens through several models, into a store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from crossdiff.errors import ConfigError
+
+SETTINGS = (
+    "dtype",
+    "split",
+    "max_sequences",
+    "batch_sequences",
+    "shard_sequences",
+    "seed",
+)
+"""StoreConfig fields that have a command-line option of the same name."""
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``harvest``."""
+    cmd = commands.add_parser(
+        "harvest",
+        help="capture paired activations of several models into a store (resumable)",
+        description="Feed the same corpus token batches to every model and write their "
+        "activations at the chosen sites into shards, with a manifest (models, sites, dims, "
+        "tokens, dtype, normalisation factors). Rerun the same command to resume after a kill.",
+    )
+    cmd.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a model to harvest (repeat): in-repo model directory, HF directory or name",
+    )
+    cmd.add_argument(
+        "--site",
+        action="append",
+        required=True,
+        metavar="[MODEL:]SITE",
+        help="a site such as 4.mlp_out or blocks.4.hook_mlp_out (repeat); MODEL: limits it",
+    )
+    cmd.add_argument("--corpus", required=True, type=Path, help="a corpus stage directory")
+    cmd.add_argument("--out", required=True, type=Path, help="store directory to write")
+    cmd.add_argument("--config", type=Path, help="TOML file of store settings (StoreConfig)")
+    cmd.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="storage precision")
+    cmd.add_argument("--split", help="corpus split to harvest (default train)")
+    cmd.add_argument("--max-sequences", type=int, help="harvest at most this many sequences")
+    cmd.add_argument("--batch-sequences", type=int, help="sequences per forward pass")
+    cmd.add_argument("--shard-sequences", type=int, help="sequences per shard")
+    cmd.add_argument("--seed", type=int, help="seed of the sequence order")
+    cmd.add_argument(
+        "--keep-first-position",
+        action="store_true",
+        help="also store position 0 (dropped by default)",
+    )
+    cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmd.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the models and the corpus, harvest, and print a summary of the store."""
+    from crossdiff.config import from_dict, load_toml
+    from crossdiff.corpus import load_sequences, load_tokenizer
+    from crossdiff.plugins import create_plugin_manager
+    from crossdiff.store import StoreConfig, harvest
+
+    settings = load_toml(args.config) if args.config else {}
+    settings.update({k: getattr(args, k) for k in SETTINGS if getattr(args, k, None) is not None})
+    if args.keep_first_position:
+        settings["drop_first_position"] = False
+    config = from_dict(StoreConfig, settings, "store")
+    specs = parse_models(args.model)
+    sites = parse_sites(args.site, list(specs))
+    splits = load_sequences(args.corpus)
+    if config.split not in splits:
+        raise ConfigError(f"corpus has no split {config.split!r}; it has {sorted(splits)}")
+    manager = create_plugin_manager()
+    adapters = {name: load_adapter(path, manager) for name, path in specs.items()}
+    info = harvest(
+        adapters,
+        sites,
+        splits[config.split],
+        args.out,
+        config,
+        corpus_tokenizer=load_tokenizer(Path(args.corpus) / "tokenizer"),
+        record={"models": specs, "corpus": str(Path(args.corpus).resolve())},
+        progress=not args.no_progress,
+    )
+    print(f"store {info.path}: {info.tokens:,} tokens, dtype {info.dtype}")
+    for model, dims in info.dims.items():
+        for site, dim in dims.items():
+            factor = info.norm_factors[model][site]
+            print(f"  {model:<12} {site:<20} d={dim:<6} norm factor {factor:.4g}")
+    return 0
+
+
+def parse_models(specs: list[str]) -> dict[str, str]:
+    """``["a=path", ...]`` -> ``{"a": "path"}``, with a clear error for a malformed entry."""
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--model {spec!r} is not of the form NAME=PATH")
+        if name in models:
+            raise ConfigError(f"--model {name!r} is given twice")
+        models[name] = path
+    if len(models) < 1:
+        raise ConfigError("give at least one --model NAME=PATH")
+    return models
+
+
+def parse_sites(specs: list[str], models: list[str]) -> dict[str, list[str]]:
+    """``--site`` values -> model -> sites; ``MODEL:SITE`` applies to one model, ``SITE`` to all."""
+    sites: dict[str, list[str]] = {m: [] for m in models}
+    for spec in specs:
+        model, sep, site = spec.rpartition(":")
+        targets = [model] if sep else models
+        if sep and model not in sites:
+            raise ConfigError(f"--site {spec!r} names unknown model {model!r}; models: {models}")
+        for target in targets:
+            sites[target].append(site)
+    return sites
+
+
+def load_adapter(path: str, manager: Any) -> Any:
+    """An adapter for the model at ``path``.
+
+    Through the model loader plugins (``crossdiff.adapters.load_adapter``) when the core has
+    them; otherwise an in-repo model directory via ``crossdiff.models.load_model``.
+    """
+    from crossdiff import adapters
+
+    if hasattr(adapters, "load_adapter"):
+        return adapters.load_adapter(path, manager)
+    from crossdiff.models import load_model
+
+    model, tokenizer = load_model(path)
+    adapter = adapters.adapt(model, manager)
+    adapter.tokenizer = tokenizer
+    return adapter
