@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from crossdiff.adapters import AdapterFactory
+    from crossdiff.adapters import AdapterFactory, ModelLoader
     from crossdiff.analysis import Analysis
     from crossdiff.corpus.sources import CorpusSource
 
@@ -32,6 +32,11 @@ def crossdiff_corpus_sources() -> Iterable[CorpusSource]:
 @hookspec
 def crossdiff_model_adapters() -> Iterable[AdapterFactory]:
     """Return model adapter factories; the first whose ``can_adapt(model)`` is true wins."""
+
+
+@hookspec
+def crossdiff_model_loaders() -> Iterable[ModelLoader]:
+    """Return model loaders; the first whose ``can_load(name_or_path)`` is true loads it."""
 
 
 # ---------------------------------------------------------------- analysis stage

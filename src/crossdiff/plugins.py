@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "crossdiff"
 HOOK_KINDS: dict[str, str] = {
     "crossdiff_corpus_sources": "corpus source",
     "crossdiff_model_adapters": "model adapter",
+    "crossdiff_model_loaders": "model loader",
     "crossdiff_analyses": "analysis",
 }
 """Hook name -> the kind of provider it yields, as ``crossdiff plugins`` shows it."""
