@@ -97,6 +97,8 @@ class Crosscoder(nn.Module):
 
     def decoder_weights(self) -> torch.Tensor:
         """``W_dec_LC``: the shared block tiled across models, then the free latents."""
+        if self.cfg.n_shared == 0:
+            return self.W_dec_excl_XC
         tiled_SC = self.W_dec_shared_SD.repeat(1, len(self.cfg.models))
         return torch.cat([tiled_SC, self.W_dec_excl_XC], dim=0)
 
@@ -188,11 +190,14 @@ class Crosscoder(nn.Module):
         k: int | None = None,
         kernels: Literal["sparse", "dense"] = "sparse",
         gather: Gather | None = None,
+        global_batch: int | None = None,
     ) -> ForwardOutput:
-        """Training forward: BatchTopK with ``k`` (default the config's) per token on average."""
+        """Training forward: BatchTopK keeps ``k`` (default the config's) latents per token on
+        average over the batch, or over ``global_batch`` tokens of all processes with ``gather``."""
         x_BC = self.concat_inputs(batch)
         pre_BL = self.preacts(x_BC)
-        pattern, t = self.batch_topk(pre_BL, (k or self.cfg.k) * x_BC.shape[0], gather)
+        n_tokens = global_batch or x_BC.shape[0]
+        pattern, t = self.batch_topk(pre_BL, (k or self.cfg.k) * n_tokens, gather)
         W_dec_LC = self.decoder_weights()
         if kernels == "sparse":
             pre_N = pre_BL[pattern.rows_N, pattern.cols_N]

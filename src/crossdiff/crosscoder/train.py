@@ -168,7 +168,8 @@ def train_step(
         group["lr"] = lr
     local = coll.local_slice(batch)
     gather = coll.kth_largest if coll.active else None
-    out = model(local, k=k, kernels=cfg.kernels, gather=gather)
+    global_batch = next(iter(batch.values())).shape[0]
+    out = model(local, k=k, kernels=cfg.kernels, gather=gather, global_batch=global_batch)
     err_BC = out.x_BC - out.recon_BC
     mse = err_BC.pow(2).sum() / out.x_BC.shape[0]
     dead_L = state.tokens_since_fired >= cfg.dead_tokens
