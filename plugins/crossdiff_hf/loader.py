@@ -9,6 +9,9 @@ from pathlib import Path
 from crossdiff.adapters import LoadedModel
 from crossdiff.errors import ConfigError
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+"""Any of these in a local directory means a tokenizer was saved there."""
+
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 """``name`` or ``owner/name`` as the Hugging Face hub spells repositories."""
 
@@ -35,8 +38,15 @@ def load(name_or_path: str) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
         raise ConfigError(f"cannot load a causal LM from {name_or_path!r}: {error}") from error
+    return LoadedModel(model.eval(), _tokenizer(name_or_path, AutoTokenizer))
+
+
+def _tokenizer(name_or_path: str, auto: type) -> object | None:
+    """The saved tokenizer, or None (never a default one made up from the model type)."""
+    path = Path(name_or_path)
+    if path.exists() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        return None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        return auto.from_pretrained(name_or_path)
     except (OSError, ValueError, TypeError):
-        tokenizer = None
-    return LoadedModel(model.eval(), tokenizer)
+        return None

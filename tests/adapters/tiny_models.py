@@ -6,6 +6,8 @@ is decisive and the choice bias matters; everything else keeps its family's own 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from tests.adapters import deepseek_moe_layout
@@ -131,9 +133,21 @@ def tl_model(moe: bool, seed: int = 0):
         seed=seed,
         **extra,
     )
-    model = HookedTransformer(config).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # HookedTransformer is still supported
+        model = HookedTransformer(config).eval()
     if moe:
         with torch.no_grad():
             for block in model.blocks:
                 block.mlp.W_gate.weight.normal_(0.0, 1.0)
     return model
+
+
+def word_tokenizer(words: list[str]):
+    """A whitespace word-level fast tokenizer with ``words`` as its vocabulary, in order."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    inner = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>")
