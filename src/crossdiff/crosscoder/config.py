@@ -18,8 +18,8 @@ class CrosscoderConfig:
     """Each model's activation width at its site, aligned with ``models``."""
     dict_size: int
     """Number of latents ``L``."""
-    k: int
-    """Average number of active latents per token (BatchTopK keeps ``k·B`` per batch)."""
+    k: float
+    """Mean active latents per token (BatchTopK keeps round(k·B) per batch); may be fractional."""
     n_shared: int = 0
     """Designated shared latents ``S``: the first S, one tied decoder vector for all models."""
     rank_by_decoder_norm: bool = True
@@ -34,6 +34,7 @@ class CrosscoderConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
         object.__setattr__(self, "d_models", tuple(int(d) for d in self.d_models))
+        object.__setattr__(self, "k", float(self.k))
         if len(self.models) < 2:
             raise ConfigError(f"a crosscoder needs at least two models, got {list(self.models)}")
         if len(set(self.models)) != len(self.models):
@@ -96,7 +97,7 @@ class TrainConfig:
     """Weight of the aux-k loss."""
     dead_tokens: int = 10_000_000
     """A latent is dead after this many training tokens without firing."""
-    k_start: int | None = None
+    k_start: float | None = None
     """Optional k annealing: start at this k and reach the config's k after ``k_anneal_steps``."""
     k_anneal_steps: int = 0
     """Steps of the linear k annealing."""
@@ -123,7 +124,7 @@ class TrainConfig:
             raise ConfigError("decay_start and lr_end_fraction must be in [0, 1]")
         if self.aux_k is not None and self.aux_k < 1:
             raise ConfigError(f"aux_k must be positive, got {self.aux_k}")
-        if self.k_start is not None and self.k_start < 1:
+        if self.k_start is not None and self.k_start <= 0:
             raise ConfigError(f"k_start must be positive, got {self.k_start}")
         if not 0 <= self.threshold_decay < 1:
             raise ConfigError(f"threshold_decay must be in [0, 1), got {self.threshold_decay}")

@@ -87,7 +87,7 @@ def evaluate(
         fve={m: 1 - var_e[m] / var_x[m] for m in model.cfg.models},
         fve_pooled=1 - sum(var_e.values()) / sum(var_x.values()),
         l0=active / n,
-        dead_fraction=1 - float(fired.float().mean()),
+        dead_fraction=1 - float(fired.double().mean()),
         n_tokens=n,
     )
 
@@ -106,7 +106,7 @@ def calibrate_threshold_(
         if n >= max_tokens:
             break
     flat = torch.cat(scores)
-    k_total = model.cfg.k * n
+    k_total = max(1, round(model.cfg.k * n))
     if flat.numel() <= k_total:
         model.threshold.fill_(0.0)
     else:

@@ -132,7 +132,7 @@ class Crosscoder(nn.Module):
             if n is not None and x.shape[0] != n:
                 raise ConfigError(f"models have different batch sizes: {n} and {x.shape[0]}")
             n = x.shape[0]
-            parts.append(x.to(self.b_enc_L.dtype) * self.input_scale_M[m])
+            parts.append(x.detach().to(self.b_enc_L.dtype) * self.input_scale_M[m])
         return torch.cat(parts, dim=1)
 
     def split_outputs(self, y_BC: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -187,7 +187,7 @@ class Crosscoder(nn.Module):
     def forward(
         self,
         batch: Mapping[str, torch.Tensor],
-        k: int | None = None,
+        k: float | None = None,
         kernels: Literal["sparse", "dense"] = "sparse",
         gather: Gather | None = None,
         global_batch: int | None = None,
@@ -197,7 +197,8 @@ class Crosscoder(nn.Module):
         x_BC = self.concat_inputs(batch)
         pre_BL = self.preacts(x_BC)
         n_tokens = global_batch or x_BC.shape[0]
-        pattern, t = self.batch_topk(pre_BL, (k or self.cfg.k) * n_tokens, gather)
+        k_total = max(1, round((k or self.cfg.k) * n_tokens))
+        pattern, t = self.batch_topk(pre_BL, k_total, gather)
         W_dec_LC = self.decoder_weights()
         if kernels == "sparse":
             pre_N = pre_BL[pattern.rows_N, pattern.cols_N]

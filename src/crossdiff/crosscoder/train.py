@@ -55,7 +55,7 @@ class StepStats:
     dead_fraction: float
     """Share of latents without a firing in the last ``dead_tokens`` tokens."""
     lr: float
-    k: int
+    k: float
 
 
 @dataclass
@@ -93,11 +93,11 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (1 - progress * (1 - cfg.lr_end_fraction))
 
 
-def k_at(cfg: TrainConfig, k: int, step: int) -> int:
+def k_at(cfg: TrainConfig, k: float, step: int) -> float:
     """BatchTopK's k at ``step`` under optional linear annealing from ``k_start``."""
     if cfg.k_start is None or cfg.k_anneal_steps == 0 or step >= cfg.k_anneal_steps:
         return k
-    return round(cfg.k_start + (k - cfg.k_start) * step / cfg.k_anneal_steps)
+    return cfg.k_start + (k - cfg.k_start) * step / cfg.k_anneal_steps
 
 
 def aux_k_loss(
