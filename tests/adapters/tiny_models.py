@@ -115,10 +115,11 @@ def hf_model(case: str, seed: int = 0):
 
 
 def tl_model(moe: bool, seed: int = 0):
-    """A tiny HookedTransformer: native MoE (4 experts, top 2, gated) or dense."""
+    """A tiny HookedTransformer: native MoE (4 experts, top 2, gated, renormalised) or dense."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    extra = {"num_experts": 4, "experts_per_token": 2, "gated_mlp": True} if moe else {}
+    extra = {"num_experts": 4, "experts_per_token": 2, "gated_mlp": True, "norm_topk_prob": True}
+    extra = extra if moe else {}
     config = HookedTransformerConfig(
         n_layers=2,
         d_model=D_MODEL,
