@@ -30,6 +30,15 @@ def _softmax_top_k(logits: torch.Tensor, k: int, renormalise: bool):
     return indices, weights
 
 
+def _best_groups(scores: torch.Tensor, n_group: int, top_groups: int, group_score) -> torch.Tensor:
+    """``[T, E]`` mask of the experts in each token's ``top_groups`` best expert groups."""
+    T, E = scores.shape
+    per_group = group_score(scores.view(T, n_group, E // n_group))  # [T, G]
+    best = per_group.topk(top_groups, dim=-1).indices
+    mask = torch.zeros_like(per_group, dtype=torch.bool).scatter_(1, best, True)
+    return mask[:, :, None].expand(T, n_group, E // n_group).reshape(T, E)
+
+
 def expected_routing(case: Case, layer: int, x: torch.Tensor):
     """``(logits, indices, weights)`` recomputed in float64 from the raw router weights."""
     mlp = case.mlp(layer)
@@ -44,12 +53,17 @@ def expected_routing(case: Case, layer: int, x: torch.Tensor):
         return logits, *_softmax_top_k(logits, k, True)
     if case.name in ("olmoe", "qwen2_moe", "qwen3_moe", "deepseek_moe"):
         return logits, *_softmax_top_k(logits, k, config.norm_topk_prob)
-    if case.name == "deepseek_v2":  # greedy top-k of softmax, scaled, not renormalised
-        indices, weights = _softmax_top_k(logits, k, False)
+    if case.name == "deepseek_v2":  # softmax, group-limited greedy top-k, scaled, no renorm
+        scores = logits.softmax(-1)
+        allowed = _best_groups(scores, config.n_group, config.topk_group, lambda g: g.amax(-1))
+        weights, indices = scores.where(allowed, 0.0).topk(k, dim=-1)
         return logits, indices, weights * config.routed_scaling_factor
-    if case.name == "deepseek_v3":  # sigmoid; choice uses the bias, weights do not (one group)
+    if case.name == "deepseek_v3":  # sigmoid; the bias steers the choice, not the weights
         scores = logits.sigmoid()
-        indices = (scores + mlp.gate.e_score_correction_bias.double()).topk(k, dim=-1).indices
+        choice = scores + mlp.gate.e_score_correction_bias.double()
+        top2 = lambda g: g.topk(2, dim=-1).values.sum(-1)  # noqa: E731
+        allowed = _best_groups(choice, config.n_group, config.topk_group, top2)
+        indices = choice.where(allowed, float("-inf")).topk(k, dim=-1).indices
         weights = scores.gather(1, indices)
         if config.norm_topk_prob:
             weights = weights / weights.sum(-1, keepdim=True)

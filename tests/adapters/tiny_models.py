@@ -75,11 +75,15 @@ def hf_config(case: str):
         return tf.Qwen3MoeConfig(
             **COMMON, **experts, num_experts=8, moe_intermediate_size=24, norm_topk_prob=True
         )
+    grouped = {**DEEPSEEK, "n_group": 2, "topk_group": 1}  # group-limited routing
     if case == "deepseek_v2":
-        return tf.DeepseekV2Config(**COMMON, **DEEPSEEK, num_experts_per_tok=2, n_routed_experts=6)
+        return tf.DeepseekV2Config(
+            **COMMON, **grouped, num_experts_per_tok=2, n_routed_experts=6,
+            topk_method="group_limited_greedy",
+        )  # fmt: skip
     if case == "deepseek_v3":
         return tf.DeepseekV3Config(
-            **COMMON, **DEEPSEEK, num_experts_per_tok=3, n_routed_experts=8, norm_topk_prob=True
+            **COMMON, **grouped, num_experts_per_tok=3, n_routed_experts=8, norm_topk_prob=True
         )
     if case == "deepseek_moe":
         return deepseek_moe_layout.DeepseekConfig(**COMMON, n_routed_experts=6)
