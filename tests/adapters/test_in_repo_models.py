@@ -32,3 +32,24 @@ def test_in_repo_model_through_the_adapter(arch: str) -> None:
     torch.testing.assert_close(opened.contribution(), opened.block_output, atol=1e-5, rtol=0)
     top1 = adapter.forward_restricted(tokens, 1, keep_top_n=1).block_outputs[1]
     torch.testing.assert_close(top1, opened.contribution(1), atol=1e-5, rtol=0)
+
+
+def test_an_in_repo_model_directory_loads_by_path(tmp_path) -> None:
+    from crossdiff.adapters import load_adapter
+    from crossdiff.models.checkpoint import save_weights
+    from tests.adapters.tiny_models import word_tokenizer
+
+    config = config_module.ModelConfig(
+        arch="moe", n_layers=2, d_model=32, n_heads=4, d_mlp=64, vocab_size=64, n_ctx=16
+    )
+    model = build.build_model(config).eval()
+    save_weights(tmp_path, model, config)
+    words = ["<unk>", "<eos>", *(f"w{i}" for i in range(62))]
+    word_tokenizer(words).save_pretrained(tmp_path / "tokenizer")
+    loaded = load_adapter(str(tmp_path), create_plugin_manager())
+    assert type(loaded).__name__ == "TransformerLensAdapter"
+    assert loaded.tokenizer.get_vocab() == {w: i for i, w in enumerate(words)}
+    tokens = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        loaded.logits(tokens), adapt(model, create_plugin_manager()).logits(tokens)
+    )

@@ -155,4 +155,5 @@ def word_tokenizer(words: list[str]):
 
     inner = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     inner.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>")
+    eos = {"eos_token": "<eos>"} if "<eos>" in words else {}
+    return PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>", **eos)
