@@ -1,0 +1,196 @@
+"""Harvest throughput of the in-repo dense/MoE pair, as a ratio to their bare forward passes.
+
+In one process, on the same token batches: (a) the bare forward passes of both models
+(``model(tokens, return_type=None)``: every block, no hooks, no unembedding), and (b) a full
+harvest of the chosen sites into a store (capture through the TransformerLens adapter, NaN
+checks, norm sums, dtype cast, atomic shard writes). The ratio (a)/(b) of wall times is the
+harvest's share of forward speed; the goal is >= 0.85. Each is timed ``--repeats`` times and the
+best run kept (alternating which goes first), so other load on the machine hurts both alike.
+
+Then peak memory (max RSS) of a harvest at two sizes, each in a fresh child process: it must not
+grow with the number of tokens harvested.
+
+    .venv/bin/python benchmarks/bench_harvest.py [--sequences 256] [--site 4.mlp_out ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crossdiff.corpus import PackedSequences
+
+
+def build_pair(vocab: int, n_ctx: int, preset_name: str) -> dict[str, torch.nn.Module]:
+    """The in-repo dense and MoE models of ``preset_name`` (random weights), in eval mode."""
+    from crossdiff.models.build import build_model
+    from crossdiff.models.config import preset
+
+    pair = {}
+    for arch in ("dense", "moe"):
+        config, _ = preset(preset_name, arch, vocab, n_ctx)
+        pair[arch] = build_model(config).eval()
+    return pair
+
+
+def token_sequences(n: int, context: int, vocab: int, corpus: Path | None) -> PackedSequences:
+    """``n`` sequences: from a built corpus's train split, or random tokens."""
+    if corpus is not None:
+        from crossdiff.corpus import load_sequences
+
+        train = load_sequences(corpus)["train"]
+        rows = np.random.default_rng(0).permutation(len(train.input_ids))[:n]
+        return PackedSequences(train.input_ids[rows, :context], train.domains[rows])
+    ids = np.random.default_rng(0).integers(0, vocab, (n, context), dtype=np.int32)
+    return PackedSequences(ids, np.asarray(["random"] * n))
+
+
+def bare_forward_seconds(
+    models: dict, sequences: PackedSequences, batch: int
+) -> tuple[float, float]:
+    """(wall, CPU) seconds of both models' forward passes over every batch of ``sequences``."""
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for i in range(0, len(sequences.input_ids), batch):
+            tokens = torch.from_numpy(sequences.input_ids[i : i + batch]).long()  # [B, P]
+            for model in models.values():
+                model(tokens, return_type=None)
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def harvest_seconds(
+    models: dict, sites: list[str], sequences: PackedSequences, args
+) -> tuple[float, float]:
+    """(wall, CPU) seconds of a complete harvest of ``sequences`` into a fresh store."""
+    from crossdiff.adapters import adapt
+    from crossdiff.plugins import create_plugin_manager
+    from crossdiff.store import StoreConfig, harvest
+
+    manager = create_plugin_manager()
+    adapters = {name: adapt(model, manager) for name, model in models.items()}
+    config = StoreConfig(
+        dtype=args.dtype, batch_sequences=args.batch, shard_sequences=args.shard_sequences
+    )
+    with tempfile.TemporaryDirectory(prefix="crossdiff-bench-", dir=args.tmp) as tmp:
+        start, cpu = time.perf_counter(), time.process_time()
+        info = harvest(adapters, sites, sequences, Path(tmp) / "store", config)
+        seconds = time.perf_counter() - start, time.process_time() - cpu
+        assert info.complete and info.tokens == len(sequences.input_ids) * (
+            sequences.input_ids.shape[1] - 1
+        )
+    return seconds
+
+
+def throughput(args: argparse.Namespace) -> dict[str, float]:
+    """Best-of-``repeats`` forward and harvest times, tokens, and their ratio."""
+    models = build_pair(args.vocab, args.context, args.preset)
+    sequences = token_sequences(args.sequences, args.context, args.vocab, args.corpus)
+    bare_forward_seconds(
+        models, token_sequences(args.batch, args.context, args.vocab, None), args.batch
+    )
+    forward, harvest = [], []
+    for repeat in range(args.repeats):  # interleaved, order alternating: drifting load hits both
+        runs = [
+            lambda: forward.append(bare_forward_seconds(models, sequences, args.batch)),
+            lambda: harvest.append(harvest_seconds(models, args.site, sequences, args)),
+        ]
+        for run in runs if repeat % 2 == 0 else runs[::-1]:
+            run()
+    tokens = len(sequences.input_ids) * args.context
+    wall_f, wall_h = min(f[0] for f in forward), min(h[0] for h in harvest)
+    cpu_f, cpu_h = min(f[1] for f in forward), min(h[1] for h in harvest)
+    return {
+        "tokens": tokens,
+        "forward_s": wall_f,
+        "harvest_s": wall_h,
+        "forward_tok_s": tokens / wall_f,
+        "harvest_tok_s": tokens / wall_h,
+        "ratio": wall_f / wall_h,
+        "cpu_ratio": cpu_f / cpu_h,
+    }
+
+
+def peak_memory_child(args: argparse.Namespace) -> None:
+    """(child mode) Harvest ``--sequences`` sequences and print the peak RSS in MiB as JSON."""
+    models = build_pair(args.vocab, args.context, args.preset)
+    sequences = token_sequences(args.sequences, args.context, args.vocab, args.corpus)
+    seconds, _ = harvest_seconds(models, args.site, sequences, args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"sequences": args.sequences, "peak_mib": peak, "seconds": seconds}))
+
+
+def peak_memory(args: argparse.Namespace, sizes: list[int]) -> list[dict]:
+    """Peak RSS of a harvest at each size, each in a fresh process."""
+    rows = []
+    for size in sizes:
+        command = [sys.executable, __file__, "--child-memory", "--sequences", str(size)]
+        command += ["--preset", args.preset, "--batch", str(args.batch), "--dtype", args.dtype]
+        command += ["--shard-sequences", str(args.shard_sequences)]
+        command += [arg for site in args.site for arg in ("--site", site)]
+        if args.corpus:
+            command += ["--corpus", str(args.corpus)]
+        if args.tmp:
+            command += ["--tmp", str(args.tmp)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def main() -> None:
+    """Print the throughput ratio and the peak memory at two sizes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", help="in-repo model preset")
+    parser.add_argument("--sequences", type=int, default=256, help="sequences per timed run")
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--batch", type=int, default=32, help="sequences per forward")
+    parser.add_argument("--shard-sequences", type=int, default=64)
+    parser.add_argument("--dtype", default="fp32")
+    parser.add_argument("--site", action="append", help="sites (default 4.mlp_out)")
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--corpus", type=Path, help="a built corpus (default: random tokens)")
+    parser.add_argument("--tmp", type=Path, help="where the temporary stores go")
+    parser.add_argument("--memory-sizes", type=int, nargs=2, default=(128, 1024))
+    parser.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.site = args.site or ["4.mlp_out"]
+    torch.manual_seed(0)
+    if args.child_memory:
+        peak_memory_child(args)
+        return
+    print(
+        f"torch threads {torch.get_num_threads()}, preset {args.preset!r}, sites {args.site}, "
+        f"dtype {args.dtype}, batch {args.batch}x{args.context}"
+    )
+    result = throughput(args)
+    print(
+        f"bare forward (dense + moe): {result['forward_tok_s']:,.0f} tok/s "
+        f"({result['forward_s']:.2f} s for {result['tokens']:,} tokens)"
+    )
+    print(
+        f"harvest to disk:            {result['harvest_tok_s']:,.0f} tok/s "
+        f"({result['harvest_s']:.2f} s)"
+    )
+    verdict = "meets" if result["ratio"] >= 0.85 else "BELOW"
+    print(f"ratio harvest/forward:      {result['ratio']:.3f} ({verdict} the 0.85 goal)")
+    print(f"ratio of CPU time:          {result['cpu_ratio']:.3f} (forward CPU s / harvest CPU s)")
+    rows = peak_memory(args, list(args.memory_sizes))
+    for row in rows:
+        tokens = row["sequences"] * (args.context - 1)
+        print(f"peak RSS harvesting {tokens:>9,} tokens: {row['peak_mib']:,.0f} MiB")
+    growth = rows[1]["peak_mib"] / rows[0]["peak_mib"]
+    size_ratio = args.memory_sizes[1] / args.memory_sizes[0]
+    print(f"peak memory x{growth:.3f} for x{size_ratio:.0f} tokens")
+
+
+if __name__ == "__main__":
+    main()
