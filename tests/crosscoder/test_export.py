@@ -25,7 +25,7 @@ def test_exported_sae_encodes_and_decodes_like_the_crosscoder_alone(
     train(model, source.batches(64, 60, seed=0), TrainConfig(steps=60, lr=3e-3, warmup_steps=5))
     assert float(model.threshold) > 0 and not torch.allclose(model.input_scale_M, torch.ones(2))
     held_out = source.sample(400, torch.Generator().manual_seed(3))[0]
-    for m, name in enumerate(model.cfg.models):
+    for name in model.cfg.models:
         sae = SAE.load_from_disk(export_sae_lens(model, name, tmp_path / name))
         alone = {n: x if n == name else torch.zeros_like(x) for n, x in held_out.items()}
         latents = model.encode(alone)

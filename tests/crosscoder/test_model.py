@@ -20,7 +20,7 @@ def batch64(n: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"A": torch.randn(n, 12, generator=g) * 3, "B": torch.randn(n, 12, generator=g)}
 
 
-def reference_forward(model: Crosscoder, batch: dict, k: int) -> torch.Tensor:
+def reference_forward(model: Crosscoder, batch: dict, k: float) -> torch.Tensor:
     """Eager float64 BatchTopK crosscoder reconstruction, written from the docstring equations."""
     p = {n: t.detach().double() for n, t in model.named_parameters()}
     s = model.input_scale_M.double()
@@ -31,7 +31,7 @@ def reference_forward(model: Crosscoder, batch: dict, k: int) -> torch.Tensor:
     pre = x @ p["W_enc_CL"] + p["b_enc_L"]
     score = pre.relu() * rho
     kept = torch.zeros_like(score, dtype=torch.bool).view(-1)
-    kept[score.view(-1).topk(k * x.shape[0]).indices] = True
+    kept[score.view(-1).topk(round(k * x.shape[0])).indices] = True
     f = pre.relu() * kept.view_as(score)
     assert S > 0
     return f @ W_dec + p["b_dec_C"]

@@ -92,7 +92,7 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam's (β1, β2)."""
     aux_k: int | None = None
-    """Dead latents used by the aux-k loss per token (None: C // 2)."""
+    """Dead latents used by the aux-k loss per token (None: the largest d_model // 2)."""
     aux_coeff: float = 1 / 32
     """Weight of the aux-k loss."""
     dead_tokens: int = 10_000_000

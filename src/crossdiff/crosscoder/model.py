@@ -26,6 +26,9 @@ from crossdiff.errors import ConfigError
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "model.safetensors"
 
+CANDIDATE_FRACTION = 0.5
+"""BatchTopK first keeps scores above this fraction of θ, falling back to all if too few pass."""
+
 Gather = Callable[[torch.Tensor, int], torch.Tensor]
 """``(local top scores, k_total) -> the k_total-th largest score over all processes``."""
 
@@ -44,6 +47,8 @@ class ForwardOutput:
     """Activations at the kept entries, differentiable w.r.t. the encoder."""
     pre_BL: torch.Tensor
     """Dense pre-activations, detached (the aux-k loss picks dead latents from them)."""
+    W_dec_LC: torch.Tensor
+    """The decoder matrix used, differentiable (shared block tiled); reused by aux-k."""
     batch_threshold: float
     """The smallest kept score of the (global) batch; feeds the inference threshold EMA."""
 
@@ -102,15 +107,17 @@ class Crosscoder(nn.Module):
         tiled_SC = self.W_dec_shared_SD.repeat(1, len(self.cfg.models))
         return torch.cat([tiled_SC, self.W_dec_excl_XC], dim=0)
 
-    def decoder_norms(self) -> torch.Tensor:
-        """``[L, M]``: ‖d_i^m‖ for every latent and model."""
-        return torch.stack([w.norm(dim=1) for w in self._split_C(self.decoder_weights())], dim=1)
+    def decoder_norms(self, W_dec_LC: torch.Tensor | None = None) -> torch.Tensor:
+        """``[L, M]``: ‖d_i^m‖ for every latent and model (of ``W_dec_LC`` if given)."""
+        W_dec_LC = self.decoder_weights() if W_dec_LC is None else W_dec_LC
+        return torch.stack([w.norm(dim=1) for w in self._split_C(W_dec_LC)], dim=1)
 
-    def rank_weights(self) -> torch.Tensor:
+    @torch.no_grad()
+    def rank_weights(self, W_dec_LC: torch.Tensor | None = None) -> torch.Tensor:
         """``ρ_L``: Σ_m ‖d_i^m‖ if ranking by decoder norm, else ones (detached)."""
         if not self.cfg.rank_by_decoder_norm:
             return torch.ones(self.cfg.dict_size, device=self.b_enc_L.device)
-        return self.decoder_norms().detach().sum(dim=1)
+        return self.decoder_norms(W_dec_LC).sum(dim=1)
 
     # ------------------------------------------------------------------ inputs
 
@@ -159,7 +166,11 @@ class Crosscoder(nn.Module):
 
     @torch.no_grad()
     def batch_topk(
-        self, pre_BL: torch.Tensor, k_total: int, gather: Gather | None = None
+        self,
+        pre_BL: torch.Tensor,
+        k_total: int,
+        gather: Gather | None = None,
+        rho_L: torch.Tensor | None = None,
     ) -> tuple[SparsePattern, float]:
         """Keep the ``k_total`` largest scores of the batch; returns the pattern and threshold.
 
@@ -168,14 +179,16 @@ class Crosscoder(nn.Module):
         threshold is the ``k_total``-th largest score over all processes.
         """
         B, L = pre_BL.shape
-        rho_L = self.rank_weights()
-        lo = 0.5 * float(self.threshold)
+        rho_L = self.rank_weights() if rho_L is None else rho_L
+        lo = CANDIDATE_FRACTION * float(self.threshold)
         flat_N = torch.empty(0, dtype=torch.long, device=pre_BL.device)
         if lo > 0:
             flat_N = (pre_BL > (lo / rho_L).nan_to_num(nan=torch.inf)).view(-1).nonzero()[:, 0]
         if flat_N.numel() < k_total:
             flat_N = ((pre_BL > 0) & (rho_L > 0)).view(-1).nonzero()[:, 0]
-        scores_N = pre_BL.view(-1)[flat_N] * rho_L[flat_N % L]
+        scores_N = pre_BL.view(-1)[flat_N]
+        if self.cfg.rank_by_decoder_norm:
+            scores_N *= rho_L[flat_N % L]
         top = scores_N.topk(min(k_total, scores_N.numel()), sorted=False).values
         if gather is not None:
             t = float(gather(top, k_total))
@@ -198,8 +211,8 @@ class Crosscoder(nn.Module):
         pre_BL = self.preacts(x_BC)
         n_tokens = global_batch or x_BC.shape[0]
         k_total = max(1, round((k or self.cfg.k) * n_tokens))
-        pattern, t = self.batch_topk(pre_BL, k_total, gather)
         W_dec_LC = self.decoder_weights()
+        pattern, t = self.batch_topk(pre_BL, k_total, gather, self.rank_weights(W_dec_LC))
         if kernels == "sparse":
             pre_N = pre_BL[pattern.rows_N, pattern.cols_N]
             acts_N = selected_preacts(pre_N, self.W_enc_CL, self.b_enc_L, x_BC, pattern)
@@ -207,7 +220,7 @@ class Crosscoder(nn.Module):
         else:
             acts_N = dense_preacts(self.W_enc_CL, self.b_enc_L, x_BC, pattern)
             recon_BC = dense_decode(acts_N, W_dec_LC, pattern) + self.b_dec_C
-        return ForwardOutput(x_BC, recon_BC, pattern, acts_N, pre_BL, t)
+        return ForwardOutput(x_BC, recon_BC, pattern, acts_N, pre_BL, W_dec_LC, t)
 
     @torch.no_grad()
     def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

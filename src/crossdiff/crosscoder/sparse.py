@@ -22,7 +22,8 @@ from torch.autograd import Function
 
 @dataclass
 class SparsePattern:
-    """Which (token, latent) entries of a ``[B, L]`` latent matrix are selected, row-major."""
+    """Which (token, latent) entries of a ``[B, L]`` latent matrix are selected, grouped by
+    token (rows non-decreasing; latents within a token in any order)."""
 
     rows_N: torch.Tensor
     """Token index of each entry, non-decreasing."""
@@ -37,11 +38,7 @@ class SparsePattern:
         counts = torch.bincount(self.rows_N, minlength=self.n_rows)
         self.crow = torch.zeros(self.n_rows + 1, dtype=torch.long, device=self.rows_N.device)
         torch.cumsum(counts, 0, out=self.crow[1:])
-        self.order_N = torch.argsort(self.cols_N, stable=True)
-        ccounts = torch.bincount(self.cols_N, minlength=self.n_cols)
-        self.ccol = torch.zeros(self.n_cols + 1, dtype=torch.long, device=self.rows_N.device)
-        torch.cumsum(ccounts, 0, out=self.ccol[1:])
-        self.rows_by_col_N = self.rows_N[self.order_N]
+        self.indices_t = torch.stack([self.cols_N, self.rows_N])
 
     @classmethod
     def from_flat(cls, flat_N: torch.Tensor, n_rows: int, n_cols: int) -> SparsePattern:
@@ -56,17 +53,17 @@ class SparsePattern:
                 self.crow, self.cols_N, values_N, (self.n_rows, self.n_cols), check_invariants=False
             )
 
-    def csr_t(self, values_N: torch.Tensor) -> torch.Tensor:
-        """The ``[L, B]`` CSR matrix of the transpose."""
+    def t_matmul(self, values_N: torch.Tensor, dense_BC: torch.Tensor) -> torch.Tensor:
+        """``Fᵀ @ dense`` -> ``[L, C]`` for F the ``[B, L]`` matrix with ``values_N``.
+
+        A COO product: on CPU it beats a CSR of the transpose (whose build needs an argsort).
+        """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.sparse_csr_tensor(
-                self.ccol,
-                self.rows_by_col_N,
-                values_N[self.order_N],
-                (self.n_cols, self.n_rows),
-                check_invariants=False,
+            coo_LB = torch.sparse_coo_tensor(
+                self.indices_t, values_N, (self.n_cols, self.n_rows), check_invariants=False
             )
+        return torch.sparse.mm(coo_LB, dense_BC)
 
     def dense(self, values_N: torch.Tensor) -> torch.Tensor:
         """The ``[B, L]`` dense matrix (for references and the dense kernels)."""
@@ -97,7 +94,7 @@ class _SelectedPreacts(Function):
         pattern: SparsePattern = ctx.pattern
         grad_W = grad_b = None
         if ctx.needs_input_grad[1]:
-            grad_W = (pattern.csr_t(grad_N) @ x_BC).T  # [C, L]
+            grad_W = pattern.t_matmul(grad_N, x_BC).T  # [C, L]
         if ctx.needs_input_grad[2]:
             grad_b = torch.zeros(pattern.n_cols, dtype=grad_N.dtype, device=grad_N.device)
             grad_b.index_add_(0, pattern.cols_N, grad_N)
@@ -125,7 +122,7 @@ class _SparseDecode(Function):
             mask = pattern.csr(torch.zeros_like(acts_N))
             grad_acts = torch.sparse.sampled_addmm(mask, grad_BC, W_dec_LC.T, beta=0.0).values()
         if ctx.needs_input_grad[1]:
-            grad_W = pattern.csr_t(acts_N) @ grad_BC  # [L, C]
+            grad_W = pattern.t_matmul(acts_N, grad_BC)  # [L, C]
         return grad_acts, grad_W, None
 
 

@@ -117,11 +117,9 @@ def aux_k_loss(
     kk = min(aux_k, n_dead)
     B, L = out.pre_BL.shape
     vals, j = out.pre_BL[:, dead_idx].topk(kk, dim=1, sorted=False)
-    j, perm = j.sort(dim=1)
-    vals = vals.gather(1, perm)
     rows_N = torch.arange(B, device=vals.device).repeat_interleave(kk)
     pattern = SparsePattern(rows_N, dead_idx[j].reshape(-1), B, L)
-    W_dec_LC = model.decoder_weights()
+    W_dec_LC = out.W_dec_LC
     if kernels == "sparse":
         pre_N = selected_preacts(vals.reshape(-1), model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
         e_hat_BC = sparse_decode(pre_N.relu(), W_dec_LC, pattern)
@@ -129,8 +127,7 @@ def aux_k_loss(
         pre_N = dense_preacts(model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
         e_hat_BC = dense_decode(pre_N.relu(), W_dec_LC, pattern)
     e_BC = (out.x_BC - out.recon_BC).detach()
-    e64 = e_BC.double()
-    sums = coll.sum_(torch.cat([e64.new_tensor([B]), e64.sum(0), e64.pow(2).sum()[None]]))
+    sums = coll.sum_(torch.cat([e_BC.new_tensor([B]), e_BC.sum(0), e_BC.pow(2).sum()[None]]))
     n, sum_C, sq = sums[0], sums[1:-1], sums[-1]
     denominator = (sq - sum_C.pow(2).sum() / n).clamp_min(1e-12)
     numerator = (e_BC - e_hat_BC).pow(2).sum()
@@ -141,7 +138,7 @@ def aux_k_loss(
 def sparsity_penalty(model: Crosscoder, out: ForwardOutput) -> torch.Tensor:
     """λ·Σ_i f_i·w_i·Σ_m ‖d_i^m‖ per token (w = ``shared_sparsity_ratio`` on the shared block)."""
     cfg = model.cfg
-    weight_L = model.decoder_norms().sum(dim=1)
+    weight_L = model.decoder_norms(out.W_dec_LC).sum(dim=1)
     if cfg.n_shared:
         ratio = torch.ones_like(weight_L)
         ratio[: cfg.n_shared] = cfg.shared_sparsity_ratio
@@ -173,24 +170,21 @@ def train_step(
     err_BC = out.x_BC - out.recon_BC
     mse = err_BC.pow(2).sum() / out.x_BC.shape[0]
     dead_L = state.tokens_since_fired >= cfg.dead_tokens
-    aux_k = cfg.aux_k or model.cfg.d_total // 2
+    aux_k = cfg.aux_k or max(model.cfg.d_models) // 2
     aux = cfg.aux_coeff * aux_k_loss(model, out, dead_L, aux_k, coll, cfg.kernels)
     loss = mse + aux
     if model.cfg.sparsity_coeff:
         loss = loss + sparsity_penalty(model, out)
     with torch.no_grad():
-        x = out.x_BC.double()
+        x = out.x_BC
+        scalars = [loss, mse, aux, mse * x.shape[0], x.pow(2).sum()]
+        counts = [x.shape[0], out.pattern.rows_N.numel()]
         logged = coll.sum_(
-            torch.stack(
+            torch.cat(
                 [
-                    loss.detach().double(),
-                    mse.detach().double(),
-                    aux.detach().double(),
-                    err_BC.detach().double().pow(2).sum(),
-                    x.pow(2).sum(),
-                    x.new_tensor(x.shape[0]),
-                    x.new_tensor(out.pattern.rows_N.numel()),
-                    *x.sum(0),
+                    torch.stack([v.detach().double() for v in scalars]),
+                    torch.tensor(counts, dtype=torch.float64),
+                    x.sum(0).double(),
                 ]
             )
         )
@@ -236,7 +230,8 @@ def train_step(
 
 def make_optimizer(model: Crosscoder, cfg: TrainConfig) -> torch.optim.Adam:
     """Adam over every trainable parameter."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
 
 
 def save_checkpoint(

@@ -1,0 +1,127 @@
+"""Time one crosscoder training step against the dense work of one plain autoencoder step.
+
+(a) one full step of the crosscoder engine: forward, BatchTopK, loss with aux-k (a quarter of
+    the latents marked dead so aux-k runs), backward, Adam;
+(b) in the same process, the five dense matrix products of one step of a dense autoencoder of the
+    same size (encoder and decoder forward, the decoder-weight, latent and encoder-weight grads).
+Prints a/b, activations per second, peak memory, and the held-out FVE of the sparse engine and of
+the plain dense implementation (kernels="dense") after the same steps on the same planted data.
+
+    .venv/bin/python benchmarks/bench_crosscoder_step.py            # default size
+    .venv/bin/python benchmarks/bench_crosscoder_step.py --fve-steps 0   # timing only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import time
+
+# Before torch loads OpenMP: threads that sleep instead of spinning at barriers. On a machine
+# shared with other jobs, spinning threads of the many small parallel regions of a sparse step
+# fight for the cores (we measured 2-3x slower steps); it applies to (a) and (b) alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch
+
+from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
+from crossdiff.crosscoder.distributed import Collectives
+from crossdiff.crosscoder.evaluate import evaluate
+from crossdiff.crosscoder.synthetic import PlantedConfig, PlantedFeatures
+from crossdiff.crosscoder.train import TrainState, make_optimizer, train, train_step
+
+
+def planted_source(d: int) -> PlantedFeatures:
+    """Planted features at ``d_model = d``: ~30 active per token, shared and exclusive."""
+    return PlantedFeatures(
+        PlantedConfig(
+            d_models=(d, d),
+            n_shared=1000,
+            n_exclusive=(500, 500),
+            density_range=(0.005, 0.03),
+            noise=0.05,
+            seed=0,
+        )
+    )
+
+
+def dense_products(x: torch.Tensor, W_enc: torch.Tensor, W_dec: torch.Tensor, g: torch.Tensor):
+    """The five dense matmuls of one dense-autoencoder step."""
+    f = (x @ W_enc).relu_()  # encoder forward            [B, L]
+    recon = f @ W_dec  # decoder forward                   [B, C]
+    grad_W_dec = f.T @ g  # decoder weight grad            [L, C]
+    grad_f = g @ W_dec.T  # latent grad                    [B, L]
+    grad_W_enc = x.T @ grad_f  # encoder weight grad       [C, L]
+    return recon, grad_W_dec, grad_W_enc
+
+
+def main() -> None:
+    """Run the benchmark and print its figures."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--dict-size", type=int, default=4096)
+    p.add_argument("--k", type=float, default=32)
+    p.add_argument("--batch", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--fve-steps", type=int, default=100)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    d, B = args.d_model, args.batch
+    source = planted_source(d)
+    batches = list(source.batches(B, 4, seed=1))
+    cfg = CrosscoderConfig(
+        ("A", "B"), (d, d), args.dict_size, args.k, n_shared=args.dict_size // 16
+    )
+    model = Crosscoder(cfg)
+    model.fit_input_scales_(batches[0])
+    tcfg = TrainConfig(steps=10**6, warmup_steps=10, dead_tokens=10**9)
+    opt = make_optimizer(model, tcfg)
+    state = TrainState(tokens_since_fired=torch.zeros(cfg.dict_size, dtype=torch.long))
+    coll = Collectives()
+    for i in range(3):  # warm-up: sets the threshold θ the candidate filter uses
+        train_step(model, opt, batches[i % 4], state, tcfg, coll)
+    C, L = 2 * d, args.dict_size
+    x = torch.randn(B, C)
+    W_enc, W_dec, g = torch.randn(C, L) / C**0.5, torch.randn(L, C) / L**0.5, torch.randn(B, C)
+    dense_products(x, W_enc, W_dec, g)
+    a_times, b_times = [], []
+    for r in range(args.repeats):
+        state.tokens_since_fired[::4] = 10**9  # a quarter of the latents dead: aux-k runs
+        t0 = time.perf_counter()
+        stats = train_step(model, opt, batches[r % 4], state, tcfg, coll)
+        a_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        dense_products(x, W_enc, W_dec, g)
+        b_times.append(time.perf_counter() - t0)
+    a, b = statistics.median(a_times), statistics.median(b_times)
+    assert stats.aux > 0, f"aux-k did not run: {stats}"
+    print(f"size: 2 models x d_model {d}, dictionary {L}, k {args.k}, batch {B}, fp32, "
+          f"{args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    print(f"(a) crosscoder step (sparse kernels, aux-k on): {a * 1e3:.1f} ms (median)")
+    print(f"(b) five dense matmuls of a dense AE step:     {b * 1e3:.1f} ms")
+    print(f"a/b = {a / b:.3f}")
+    print(f"throughput: {B / a:,.0f} activations/s (one activation = one token of both models)")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory (max RSS of the process): {peak:.0f} MiB")
+    if args.fve_steps:
+        held_out = list(source.batches(B, 2, seed=999))
+        for kernels in ("sparse", "dense"):
+            m = Crosscoder(cfg)
+            t0 = time.perf_counter()
+            tc = TrainConfig(
+                steps=args.fve_steps, lr=1e-3, warmup_steps=10, kernels=kernels, dead_tokens=B * 20
+            )
+            train(m, source.batches(B, args.fve_steps, seed=2), tc)
+            secs = time.perf_counter() - t0
+            res = evaluate(m, held_out)
+            print(f"{kernels:>6} kernels, {args.fve_steps} steps ({secs:.0f} s): held-out "
+                  f"FVE A {res.fve['A']:.4f} B {res.fve['B']:.4f} pooled {res.fve_pooled:.4f}, "
+                  f"L0 {res.l0:.1f}, dead {res.dead_fraction:.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
