@@ -157,8 +157,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (sums' order)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     config = StoreConfig(batch_sequences=4, shard_sequences=8)
     harvest(pair(args.delay), ["0.mlp_out", "1.resid_post"], make_sequences(), args.out, config)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from crossdiff.errors import ConfigError, StageError
 from crossdiff.store import (
@@ -31,13 +32,12 @@ def _shards(store: Path) -> list[str]:
     return sorted(p.name for p in (store / "shards").glob("shard-*.safetensors"))
 
 
-def test_killed_harvest_resumes_to_an_identical_store(tmp_path) -> None:
-    out, uninterrupted = tmp_path / "store", tmp_path / "uninterrupted"
-    script = [sys.executable, "-m", "tests.store.store_helpers", str(out)]
+def test_killed_harvest_resumes_to_an_identical_store(tmp_path, reference_store) -> None:
+    out = tmp_path / "store"
+    # same torch thread count as this process, so float sums match the in-process reference
+    threads = str(torch.get_num_threads())
+    script = [sys.executable, "-m", "tests.store.store_helpers", str(out), "--threads", threads]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    # The reference runs in a process like the others: same torch threads, same float sums.
-    whole = subprocess.run([*script[:-1], str(uninterrupted)], cwd=REPO, env=env, text=True)
-    assert whole.returncode == 0
     process = subprocess.Popen([*script, "--delay", "0.15"], cwd=REPO, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -55,7 +55,7 @@ def test_killed_harvest_resumes_to_an_identical_store(tmp_path) -> None:
         StoreReader(out, batch_size=8)
     resumed = subprocess.run(script, cwd=REPO, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert store_files(out) == store_files(uninterrupted)  # byte for byte, every file
+    assert store_files(out) == store_files(reference_store.path)  # byte for byte, every file
 
 
 def test_failure_mid_harvest_keeps_written_shards_and_resumes(tmp_path, reference_store) -> None:
