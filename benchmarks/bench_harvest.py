@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, help="a built corpus (default: random tokens)")
     parser.add_argument("--tmp", type=Path, help="where the temporary stores go")
     parser.add_argument("--memory-sizes", type=int, nargs=2, default=(128, 1024))
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.site = args.site or ["4.mlp_out"]
@@ -183,6 +184,8 @@ def main() -> None:
     verdict = "meets" if result["ratio"] >= 0.85 else "BELOW"
     print(f"ratio harvest/forward:      {result['ratio']:.3f} ({verdict} the 0.85 goal)")
     print(f"ratio of CPU time:          {result['cpu_ratio']:.3f} (forward CPU s / harvest CPU s)")
+    if args.no_memory:
+        return
     rows = peak_memory(args, list(args.memory_sizes))
     for row in rows:
         tokens = row["sequences"] * (args.context - 1)

@@ -8,6 +8,7 @@ group, so no row is dropped until the very end of a pass. Memory holds at most
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,7 +25,9 @@ class StoreReader:
     Batch keys are the model names when each model has one site (``model/site`` otherwise);
     ``sites`` picks one site per model (model -> site). With ``normalize`` each model's rows are
     multiplied by its saved factor, so E‖x‖ ≈ √D. ``shards`` restricts the reader to some
-    shard indices (e.g. hold a few out for evaluation).
+    shard indices (e.g. hold a few out for evaluation). Iterating makes ``passes`` passes over
+    the data (None: endless), each shuffled anew from (seed, pass); every iteration yields the
+    same sequence of batches, so a resumed training run can replay and skip.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class StoreReader:
         normalize: bool = True,
         shards: Sequence[int] | None = None,
         drop_last: bool = False,
+        passes: int | None = 1,
     ) -> None:
         self.info = store if isinstance(store, StoreInfo) else open_store(store)
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -51,7 +55,9 @@ class StoreReader:
         self.shards_in_buffer = shards_in_buffer
         self.normalize = normalize
         self.drop_last = drop_last
-        self.epoch = 0
+        if passes is not None and (not isinstance(passes, int) or passes < 1):
+            raise ConfigError(f"passes must be a positive integer or None, got {passes!r}")
+        self.passes = passes
         self.keys = batch_keys(self._chosen_sites(sites))
         all_paths = self.info.shard_paths()
         indices = range(len(all_paths)) if shards is None else shards
@@ -82,14 +88,22 @@ class StoreReader:
         }
 
     def __len__(self) -> int:
-        """Batches per pass."""
+        """Batches in all passes (raises TypeError when passes are endless)."""
+        if self.passes is None:
+            raise TypeError("an endless StoreReader (passes=None) has no length")
         rows = sum(_shard_rows(p) for p in self.paths)
-        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+        per_pass = rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+        return per_pass * self.passes
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """One pass over the chosen shards; each new pass reshuffles (seed, pass number)."""
-        rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
+        """Every pass in turn, each over all chosen shards in a fresh seeded order."""
+        count = itertools.count() if self.passes is None else range(self.passes)
+        for index in count:
+            yield from self.one_pass(index)
+
+    def one_pass(self, index: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """Pass number ``index``: every row once, shuffled from (seed, ``index``)."""
+        rng = np.random.default_rng([self.seed, index])
         factors = self.factors()
         order = rng.permutation(len(self.paths))
         carry: dict[str, torch.Tensor] | None = None

@@ -56,16 +56,17 @@ class StreamingSource:
         self.alignments = alignments
         self.keys = batch_keys(self.paired.names)
         self._factors = dict(factors) if factors is not None else None
-        self.epoch = 0
 
     def factors(self) -> dict[str, float] | None:
         """Batch key -> multiplier, once known (given, or estimated from the first buffer)."""
         return self._factors
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """One pass over the sequences (seeded order); the remainder is the last, smaller batch."""
-        rng = np.random.default_rng([self.config.seed, self.epoch])
-        self.epoch += 1
+        """One pass over the sequences (seeded order); the remainder is the last, smaller batch.
+
+        Every iteration yields the same batches (given deterministic models).
+        """
+        rng = np.random.default_rng([self.config.seed, 1])
         order = sequence_order(len(self.sequences.input_ids), self.config)
         step = self.config.batch_sequences
         carry: dict[str, torch.Tensor] | None = None
