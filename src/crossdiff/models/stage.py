@@ -1,0 +1,131 @@
+"""The ``models`` stage: train one in-repo model on a corpus and write its manifest.
+
+The output directory holds ``cfg.json`` + ``model.safetensors`` (the final weights),
+``tokenizer/`` (the corpus tokenizer), ``checkpoint/`` (for resuming), ``train_log.json``
+(per-step losses) and ``manifest.json`` (written last).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from crossdiff.config import to_dict
+from crossdiff.corpus.stats import unigram_entropy
+from crossdiff.models.config import ModelConfig, TrainConfig, preset
+from crossdiff.models.data import check_vocabulary, validation_sets
+from crossdiff.models.params import count_parameters
+from crossdiff.stages import atomic_write_json, is_complete, read_manifest, write_manifest
+
+STAGE = "models"
+
+
+def configs_for_corpus(
+    corpus_dir: str | Path,
+    arch: str,
+    preset_name: str,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+) -> tuple[ModelConfig, TrainConfig, Any, dict[str, Any]]:
+    """Configs of ``preset_name`` fitted to the corpus's vocabulary and context, the corpus's
+    tokenizer and its packed sequences; raises if the model's vocabulary differs from the
+    tokenizer's."""
+    from crossdiff.corpus import load_sequences, load_tokenizer
+
+    corpus_dir = Path(corpus_dir)
+    tokenizer = load_tokenizer(corpus_dir / "tokenizer")
+    sequences = load_sequences(corpus_dir)
+    n_ctx = int(sequences["train"].input_ids.shape[1])
+    model_config, train_config = preset(
+        preset_name, arch, len(tokenizer), n_ctx, model_overrides, train_overrides
+    )
+    check_vocabulary(sequences, model_config.vocab_size, len(tokenizer), corpus_dir / "tokenizer")
+    return model_config, train_config, tokenizer, sequences
+
+
+def partner_active_params(config: ModelConfig) -> dict[str, Any]:
+    """Parameter counts of the other arch built with the same settings (on the meta device)."""
+    import dataclasses
+
+    import torch
+
+    from crossdiff.models.build import build_model
+
+    other = "moe" if config.arch == "dense" else "dense"
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(config, arch=other), device="meta")
+    return {"arch": other, **count_parameters(model).to_dict()}
+
+
+def train_model_stage(
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    arch: str,
+    preset_name: str,
+    model_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    on_step: Any = None,
+) -> dict[str, Any]:
+    """Train (resuming if interrupted; skipping if finished) and return the manifest."""
+    from crossdiff.models.checkpoint import save_weights
+    from crossdiff.models.ddp import init_distributed
+    from crossdiff.models.load import TOKENIZER_DIR
+    from crossdiff.models.train import train
+
+    out_dir = Path(out_dir)
+    model_config, train_config, tokenizer, sequences = configs_for_corpus(
+        corpus_dir, arch, preset_name, model_overrides, train_overrides
+    )
+    settings = {
+        "preset": preset_name,
+        "corpus": str(Path(corpus_dir).resolve()),
+        "model": to_dict(model_config),
+        "train": to_dict(train_config),
+    }
+    context = init_distributed()
+    if is_complete(out_dir, settings):
+        return read_manifest(out_dir)
+    result = train(model_config, train_config, sequences, out_dir, context, on_step=on_step)
+    if not context.is_main:
+        return {}
+    save_weights(out_dir, result.model, model_config)
+    tokenizer.save_pretrained(str(out_dir / TOKENIZER_DIR))
+    atomic_write_json(
+        out_dir / "train_log.json",
+        {"history": result.state["history"], "evals": result.state["evals"]},
+    )
+    evaluation = result.evaluation
+    final_sets = validation_sets(
+        sequences["validation"], train_config.final_eval_sequences_per_domain
+    )
+    entropy = {
+        domain: unigram_entropy(rows[:, 1:], model_config.vocab_size)
+        for domain, rows in final_sets.items()
+    }
+    counts = count_parameters(result.model)
+    partner = partner_active_params(model_config)
+    fields: dict[str, Any] = {
+        "complete": True,
+        "arch": arch,
+        "active_params": counts.active,
+        "total_params": counts.total,
+        "params": counts.to_dict(),
+        "partner_params": partner,
+        "active_params_ratio_to_partner": counts.active / partner["active"],
+        "tokens_seen": result.state["tokens_seen"],
+        "steps": result.state["step"],
+        "train_seconds": round(result.state["train_seconds"], 1),
+        "precision": result.precision,
+        "device": context.device,
+        "world_size": context.world_size,
+        "val_loss": evaluation.val_loss,
+        "val_tokens": evaluation.tokens,
+        "unigram_entropy": entropy,
+        "val_loss_below_unigram": {d: entropy[d] - evaluation.val_loss[d] for d in entropy},
+    }
+    if arch == "moe":
+        fields["expert_usage"] = evaluation.expert_usage
+        fields["expert_usage_min_share"] = evaluation.min_expert_share()
+        fields["expert_usage_floor"] = 1 / (4 * model_config.num_experts)
+    write_manifest(out_dir, STAGE, settings, **fields)
+    return read_manifest(out_dir)
