@@ -80,6 +80,12 @@ class ExpertOutputs:
         weights = self.routing.topk_weights[:, :n, None].to(self.expert_outputs.dtype)
         return (weights * self.expert_outputs[:, :n]).sum(1)
 
+    def for_expert(self, expert: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tokens [N], weights [N], outputs [N, D])``: the N tokens routed to ``expert``."""
+        tokens, slots = (self.routing.topk_indices == expert).nonzero(as_tuple=True)
+        weights = self.routing.topk_weights[tokens, slots]
+        return tokens, weights, self.expert_outputs[tokens, slots]
+
 
 @dataclass
 class RestrictedForward:

@@ -133,6 +133,13 @@ def test_weighted_expert_outputs_sum_to_block_output(moe_case: Case, tokens: tor
         shared = 0 if opened.shared_output is None else opened.shared_output
         total = opened.contribution() + shared
         torch.testing.assert_close(total, opened.block_output, atol=ATOL, rtol=0)
+        # each expert's own outputs, on the tokens routed to it, add up to the same total
+        routed = torch.zeros_like(total)
+        for expert in range(adapter.n_experts(layer)):
+            rows, weights, outputs = opened.for_expert(expert)
+            assert rows.unique().numel() == rows.numel()
+            routed.index_add_(0, rows, weights[:, None].to(outputs.dtype) * outputs)
+        torch.testing.assert_close(routed + shared, opened.block_output, atol=ATOL, rtol=0)
         # each slot's output is a different expert's: dropping any one slot breaks the sum
         partial = opened.contribution(K - 1) + shared
         assert (partial - opened.block_output).abs().max() > 1e-3
