@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crossdiff.cli import harvest as harvest_cli
@@ -67,6 +68,11 @@ def test_harvest_command_errors_are_clear(small_corpus, stub_loader, tmp_path, c
     assert main(_args(small_corpus, out, "base=m/dense", "moe=m/other-moe")) == 2
     assert "'moe' use a tokenizer different from the corpus tokenizer" in capsys.readouterr().err
     assert not out.exists()
+    alignment = tmp_path / "ids.npy"
+    np.save(alignment, np.arange(512))
+    aligned = _args(small_corpus, out, "base=m/dense", "moe=m/other-moe")
+    assert main([*aligned, "--alignment", f"moe={alignment}"]) == 0
+    assert open_store(out).tokens == 12 * 31
     assert main(_args(small_corpus, out, "base")) == 2
     assert "not of the form NAME=PATH" in capsys.readouterr().err
     bad_site = [*_args(small_corpus, out, "base=m/dense", "moe=m/moe"), "--site", "9.mlp_out"]

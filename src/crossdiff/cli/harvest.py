@@ -42,6 +42,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="[MODEL:]SITE",
         help="a site such as 4.mlp_out or blocks.4.hook_mlp_out (repeat); MODEL: limits it",
     )
+    cmd.add_argument(
+        "--alignment",
+        action="append",
+        default=[],
+        metavar="NAME=FILE.npy",
+        help="for a model whose tokenizer differs from the corpus's: an int array mapping "
+        "each corpus token id to the model's id",
+    )
     cmd.add_argument("--corpus", required=True, type=Path, help="a corpus stage directory")
     cmd.add_argument("--out", required=True, type=Path, help="store directory to write")
     cmd.add_argument("--config", type=Path, help="TOML file of store settings (StoreConfig)")
@@ -77,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
     splits = load_sequences(args.corpus)
     if config.split not in splits:
         raise ConfigError(f"corpus has no split {config.split!r}; it has {sorted(splits)}")
+    alignments = (
+        {
+            name: _load_alignment(path)
+            for name, path in parse_models(args.alignment, "--alignment").items()
+        }
+        if args.alignment
+        else None
+    )
     manager = create_plugin_manager()
     adapters = {name: load_adapter(path, manager) for name, path in specs.items()}
     info = harvest(
@@ -86,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         config,
         corpus_tokenizer=load_tokenizer(Path(args.corpus) / "tokenizer"),
+        alignments=alignments,
         record={"models": specs, "corpus": str(Path(args.corpus).resolve())},
         progress=not args.no_progress,
     )
@@ -97,19 +114,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_models(specs: list[str]) -> dict[str, str]:
+def parse_models(specs: list[str], option: str = "--model") -> dict[str, str]:
     """``["a=path", ...]`` -> ``{"a": "path"}``, with a clear error for a malformed entry."""
     models: dict[str, str] = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ConfigError(f"--model {spec!r} is not of the form NAME=PATH")
+            raise ConfigError(f"{option} {spec!r} is not of the form NAME=PATH")
         if name in models:
-            raise ConfigError(f"--model {name!r} is given twice")
+            raise ConfigError(f"{option} {name!r} is given twice")
         models[name] = path
     if len(models) < 1:
-        raise ConfigError("give at least one --model NAME=PATH")
+        raise ConfigError(f"give at least one {option} NAME=PATH")
     return models
+
+
+def _load_alignment(path: str) -> Any:
+    import numpy as np
+
+    try:
+        return np.load(path)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read alignment {path!r} (a .npy int array): {error}") from error
 
 
 def parse_sites(specs: list[str], models: list[str]) -> dict[str, list[str]]:
