@@ -75,11 +75,15 @@ def test_a_hub_name_offline_fails_clearly(manager, monkeypatch) -> None:
         load_adapter("crossdiff-test/nothing", manager)
 
 
-def test_plugins_import_no_heavy_library() -> None:
+def test_adapter_plugins_import_no_heavy_library() -> None:
     code = (
         "import sys, crossdiff_hf, crossdiff_tl\n"
-        "from crossdiff.plugins import create_plugin_manager, describe_plugins\n"
-        "describe_plugins(create_plugin_manager())\n"
+        "for plugin in (crossdiff_hf, crossdiff_tl):\n"
+        "    for provider in (*plugin.crossdiff_model_adapters(),\n"
+        "                     *plugin.crossdiff_model_loaders()):\n"
+        "        assert provider.name and provider.description\n"
+        "        assert not provider.can_load('/nonexistent/a/b') if hasattr(provider, 'can_load')"
+        " else not provider.can_adapt(object())\n"
         "heavy = {'torch', 'nnsight', 'transformers', 'transformer_lens'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )
