@@ -113,7 +113,7 @@ def main() -> None:
             m = Crosscoder(cfg)
             t0 = time.perf_counter()
             tc = TrainConfig(
-                steps=args.fve_steps, lr=1e-3, warmup_steps=10, kernels=kernels, dead_tokens=B * 20
+                steps=args.fve_steps, lr=3e-3, warmup_steps=10, kernels=kernels, dead_tokens=B * 20
             )
             train(m, source.batches(B, args.fve_steps, seed=2), tc)
             secs = time.perf_counter() - t0

@@ -102,7 +102,8 @@ class TrainConfig:
     k_anneal_steps: int = 0
     """Steps of the linear k annealing."""
     threshold_decay: float = 0.99
-    """EMA decay of the inference threshold θ (the batch's smallest kept score)."""
+    """EMA decay of the inference threshold θ (the batch's smallest kept score); at step s the
+    decay used is min(this, (1 + s) / (10 + s)) so that θ does not lag the early steps."""
     kernels: Literal["sparse", "dense"] = "sparse"
     """``sparse``: decode and backward touch only selected latents; ``dense``: plain matmuls."""
     checkpoint_every: int = 0

@@ -137,32 +137,40 @@ def ce_recovered(
     adapters: Mapping[str, ModelAdapter],
     sites: Mapping[str, str],
     tokens_BP: torch.Tensor,
+    first_position: int = 0,
 ) -> dict[str, CERecovered]:
-    """Splice each model's reconstruction (from the JOINT code of all models) back at its site."""
+    """Splice each model's reconstruction (from the JOINT code of all models) back at its site.
+
+    Positions before ``first_position`` keep their own activations in both the zeroed and the
+    spliced run (e.g. 1 when the crosscoder never saw position 0, as a store drops it).
+    """
     missing = [m for m in model.cfg.models if m not in adapters or m not in sites]
     if missing:
         raise ConfigError(f"ce_recovered needs an adapter and a site for model(s) {missing}")
     B, P = tokens_BP.shape
+    p0 = first_position
     acts = {}
     for m in model.cfg.models:
         site = adapters[m].site(sites[m])
         captured = adapters[m].capture(tokens_BP, [site.name])[site.name]
-        acts[m] = captured.reshape(B * P, -1)
+        acts[m] = captured[:, p0:].reshape(B * (P - p0), -1)
     recon = model.reconstruct(acts)
     out = {}
     for m in model.cfg.models:
         adapter, site = adapters[m], sites[m]
-        recon_BPD = recon[m].reshape(B, P, -1)
+        recon_BPD = recon[m].reshape(B, P - p0, -1)
+
+        def zero(a: torch.Tensor) -> torch.Tensor:
+            return torch.cat([a[:, :p0], torch.zeros_like(a[:, p0:])], dim=1)
+
+        def splice(a: torch.Tensor, r: torch.Tensor = recon_BPD) -> torch.Tensor:
+            return torch.cat([a[:, :p0], r.to(a.dtype).reshape(a[:, p0:].shape)], dim=1)
+
         clean = next_token_ce(adapter.logits(tokens_BP), tokens_BP)
-        zero = next_token_ce(
-            adapter.logits_with_replacement(tokens_BP, site, torch.zeros_like), tokens_BP
+        zeroed = next_token_ce(adapter.logits_with_replacement(tokens_BP, site, zero), tokens_BP)
+        spliced = next_token_ce(adapter.logits_with_replacement(tokens_BP, site, splice), tokens_BP)
+        denom = zeroed - clean
+        out[m] = CERecovered(
+            clean, zeroed, spliced, (zeroed - spliced) / denom if denom else float("nan")
         )
-        spliced = next_token_ce(
-            adapter.logits_with_replacement(
-                tokens_BP, site, lambda a, r=recon_BPD: r.to(a.dtype).reshape(a.shape)
-            ),
-            tokens_BP,
-        )
-        denom = zero - clean
-        out[m] = CERecovered(clean, zero, spliced, (zero - spliced) / denom if denom else 0.0)
     return out

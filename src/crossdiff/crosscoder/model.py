@@ -80,7 +80,8 @@ class Crosscoder(nn.Module):
         self.W_dec_excl_XC = nn.Parameter(
             torch.cat([_unit_rows(w) for w in self._split_C(W_excl_XC)], dim=1)
         )
-        self.W_enc_CL = nn.Parameter(self.decoder_weights().detach().T.contiguous())
+        # encoder = 0.1 · decoderᵀ: the first reconstructions are small, not noise larger than x
+        self.W_enc_CL = nn.Parameter(0.1 * self.decoder_weights().detach().T.contiguous())
         self.b_enc_L = nn.Parameter(torch.zeros(L))
         self.b_dec_C = nn.Parameter(torch.zeros(C))
         self.register_buffer("input_scale_M", torch.ones(len(cfg.models)))

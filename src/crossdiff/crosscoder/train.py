@@ -208,10 +208,9 @@ def train_step(
         state.tokens_since_fired[fired] = 0
         t = out.batch_threshold
         if math.isfinite(t) and t > 0:
-            old = float(model.threshold)
-            model.threshold.fill_(
-                t if old == 0 else cfg.threshold_decay * old + (1 - cfg.threshold_decay) * t
-            )
+            # early steps average over fewer batches: θ must not lag the fast-moving start
+            decay = min(cfg.threshold_decay, (1 + state.step) / (10 + state.step))
+            model.threshold.fill_(decay * float(model.threshold) + (1 - decay) * t)
     sq_err, sq_x, n = float(logged[3]), float(logged[4]), float(logged[5])
     total_var = sq_x - float(logged[7:].pow(2).sum()) / n
     state.step += 1
