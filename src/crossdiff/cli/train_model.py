@@ -62,7 +62,8 @@ def format_summary(manifest: dict) -> str:
         f"(total {manifest['total_params']:,}; {manifest['partner_params']['arch']} partner "
         f"active {manifest['partner_params']['active']:,}, ratio "
         f"{manifest['active_params_ratio_to_partner']:.4f})",
-        f"tokens seen {manifest['tokens_seen']:,} in {manifest['train_seconds']} s",
+        f"tokens seen {manifest['tokens_seen']:,} in {manifest['train_seconds']} s of training "
+        f"({manifest.get('wall_seconds', '?')} s in all)",
         f"{'domain':<10} {'val loss':>9} {'unigram H':>10} {'below':>7}",
     ]
     for domain, loss in manifest["val_loss"].items():

@@ -196,7 +196,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "num_experts": 8,
             "experts_per_token": 2,
         },
-        "train": {"tokens": 4_000_000, "batch_size": 32, "lr": 3e-3, "warmup_steps": 50},
+        "train": {
+            "tokens": 2_000_000,  # 488 steps of 32 x 128 tokens
+            "batch_size": 32,
+            "lr": 3e-3,
+            "warmup_steps": 50,
+            "eval_every": 100,
+            "checkpoint_every": 100,
+            "log_every": 25,
+        },
     },
     # GPU: 5 layers of width 512, ~29M active parameters at vocab 8192 (the seed paper's
     # "active-27M" pair used gpt2's vocabulary); 1B tokens.

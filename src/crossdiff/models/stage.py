@@ -7,6 +7,7 @@ The output directory holds ``cfg.json`` + ``model.safetensors`` (the final weigh
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,39 @@ def train_model_stage(
     on_step: Any = None,
 ) -> dict[str, Any]:
     """Train (resuming if interrupted; skipping if finished) and return the manifest."""
+    from crossdiff.models.ddp import init_distributed, shutdown
+
+    started = time.perf_counter()
+    context = init_distributed()
+    try:
+        return _train_and_record(
+            corpus_dir,
+            out_dir,
+            arch,
+            preset_name,
+            model_overrides,
+            train_overrides,
+            on_step,
+            context,
+            started,
+        )
+    finally:
+        shutdown(context)
+
+
+def _train_and_record(
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    arch: str,
+    preset_name: str,
+    model_overrides: dict[str, Any] | None,
+    train_overrides: dict[str, Any] | None,
+    on_step: Any,
+    context: Any,
+    started: float,
+) -> dict[str, Any]:
+    """Train in this process (one rank of possibly several) and, on rank 0, write the stage."""
     from crossdiff.models.checkpoint import save_weights
-    from crossdiff.models.ddp import init_distributed
     from crossdiff.models.load import TOKENIZER_DIR
     from crossdiff.models.train import train
 
@@ -82,7 +114,6 @@ def train_model_stage(
         "model": to_dict(model_config),
         "train": to_dict(train_config),
     }
-    context = init_distributed()
     if is_complete(out_dir, settings):
         return read_manifest(out_dir)
     result = train(model_config, train_config, sequences, out_dir, context, on_step=on_step)
@@ -115,6 +146,7 @@ def train_model_stage(
         "tokens_seen": result.state["tokens_seen"],
         "steps": result.state["step"],
         "train_seconds": round(result.state["train_seconds"], 1),
+        "wall_seconds": round(time.perf_counter() - started, 1),
         "precision": result.precision,
         "device": context.device,
         "world_size": context.world_size,
