@@ -65,14 +65,16 @@ def test_train_settings(kwargs: dict, match: str) -> None:
 
 
 def test_unknown_preset_and_keys() -> None:
-    with pytest.raises(ConfigError, match="unknown model preset 'tiney'.*did you mean 'tiny'"):
+    with pytest.raises(ConfigError, match=r"unknown model preset 'tiney'.*did you mean 'tiny'"):
         preset("tiney", "moe", 300, 16)
-    with pytest.raises(ConfigError, match="unknown key 'num_expert'.*did you mean 'num_experts'"):
+    with pytest.raises(ConfigError, match=r"unknown key 'num_expert'.*did you mean 'num_experts'"):
         preset("tiny", "moe", 300, 16, model_overrides={"num_expert": 4})
 
 
 def test_corpus_tokenizer_differs_from_model_vocabulary(tiny_corpus: Path) -> None:
-    with pytest.raises(ConfigError, match="model.vocab_size 512 differs from the corpus tokenizer"):
+    with pytest.raises(
+        ConfigError, match=r"model.vocab_size 512 differs from the corpus tokenizer"
+    ):
         configs_for_corpus(tiny_corpus, "moe", "tiny", model_overrides={"vocab_size": 512})
     model, _, tokenizer, _ = configs_for_corpus(tiny_corpus, "moe", "tiny")
     assert model.vocab_size == len(tokenizer) == 300
@@ -89,3 +91,23 @@ def test_cli_reports_bad_input_without_a_trace(
     config.write_text("[modle]\n")
     assert main([*args, "--config", str(config)]) == 2
     assert "unknown tables ['modle']" in capsys.readouterr().err
+
+
+def test_sequences_longer_than_the_model_context(tmp_path: Path) -> None:
+    from crossdiff.models.ddp import DistContext
+    from crossdiff.models.train import train
+    from tests.models.conftest import synthetic_sequences
+
+    model = ModelConfig(n_layers=1, d_model=16, n_heads=2, d_mlp=32, vocab_size=64, n_ctx=8)
+    context = DistContext(rank=0, world_size=1, device="cpu")
+    with pytest.raises(ConfigError, match=r"sequences have 16 tokens but model.n_ctx is 8"):
+        train(model, TrainConfig(), synthetic_sequences(), tmp_path, context, log=None)
+    with pytest.raises(ConfigError, match="batch_size 3 is not divisible by the 2 processes"):
+        train(
+            model,
+            TrainConfig(batch_size=3),
+            synthetic_sequences(),
+            tmp_path,
+            DistContext(rank=0, world_size=2, device="cpu"),
+            log=None,
+        )

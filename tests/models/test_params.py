@@ -26,7 +26,7 @@ def test_active_parameters_agree_within_one_percent(name: str) -> None:
     assert abs(moe.active / dense.active - 1) < 0.01
     assert abs(moe.active_non_embedding / dense.active_non_embedding - 1) < 0.01
     # The MoE really is bigger in total: E/k times the MLP parameters.
-    assert moe.total > 2 * dense.total * 0.9 if name == "tiny" else moe.total > dense.total
+    assert moe.total > 1.5 * dense.total
 
 
 def test_counts_match_an_independent_formula() -> None:

@@ -95,6 +95,11 @@ def train(
         )
     log = log if context.is_main else None
     train_rows = sequences["train"].input_ids  # [n, ctx]
+    if train_rows.shape[1] != model_config.n_ctx:
+        raise ConfigError(
+            f"the corpus's sequences have {train_rows.shape[1]} tokens but model.n_ctx is "
+            f"{model_config.n_ctx}; they must be equal"
+        )
     total_steps = train_config.steps(model_config.n_ctx)
     torch.manual_seed(train_config.seed)
     model = build_model(model_config, context.device)
