@@ -83,7 +83,7 @@ class HuggingFaceAdapter(ModelAdapter):
         return self.model.get_input_embeddings().num_embeddings
 
     def _tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.to(self.model.device)
+        return self.check_tokens(tokens).to(self.model.device)
 
     # ------------------------------------------------------------ reading sites in a trace
 
@@ -121,9 +121,10 @@ class HuggingFaceAdapter(ModelAdapter):
 
     def capture(self, tokens: torch.Tensor, sites: Sequence[str]) -> dict[str, torch.Tensor]:
         """``tokens [B, P]`` -> ``{site.name: [B, P, D]}``; stops after the last layer needed."""
-        wanted = sorted({self.site(name) for name in sites}, key=self._order)
+        wanted = sorted(set(self.sites_named(sites)), key=self._order)
+        tokens = self._tokens(tokens)
         captured: dict[str, torch.Tensor] = {}
-        with torch.no_grad(), self.traced.trace(self._tokens(tokens)) as tracer:
+        with torch.no_grad(), self.traced.trace(tokens) as tracer:
             for site in wanted:
                 captured[site.name] = self._read(site).save()
             tracer.stop()

@@ -47,11 +47,12 @@ class TransformerLensAdapter(ModelAdapter):
         return self.model.cfg.d_vocab
 
     def _tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens.to(self.model.cfg.device)
+        return self.check_tokens(tokens).to(self.model.cfg.device)
 
     def capture(self, tokens: torch.Tensor, sites: Sequence[str]) -> dict[str, torch.Tensor]:
         """``tokens [B, P]`` -> ``{site.name: [B, P, D]}``; runs blocks up to the last needed."""
-        wanted = [self.site(name) for name in sites]
+        wanted = self.sites_named(sites)
+        tokens = self._tokens(tokens)
         by_native = {site.native: site.name for site in wanted}
         captured: dict[str, torch.Tensor] = {}
 
@@ -61,9 +62,7 @@ class TransformerLensAdapter(ModelAdapter):
         hooks = [(native, keep) for native in by_native]
         stop = max(site.layer for site in wanted) + 1
         with torch.no_grad():
-            self.model.run_with_hooks(
-                self._tokens(tokens), return_type=None, stop_at_layer=stop, fwd_hooks=hooks
-            )
+            self.model.run_with_hooks(tokens, return_type=None, stop_at_layer=stop, fwd_hooks=hooks)
         return captured
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:

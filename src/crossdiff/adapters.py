@@ -113,12 +113,40 @@ class ModelAdapter(ABC):
         for site in self.sites():
             if name in (site.name, site.native):
                 return site
-        raise unknown_choice("site", name, [s.name for s in self.sites()])
+        raise unknown_choice("site", name, self.site_names())
 
     @property
     @abstractmethod
     def vocab_size(self) -> int:
         """Number of rows of the model's token embedding."""
+
+    def check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``tokens`` if an integer ``[B, P]`` tensor of ids below ``vocab_size``, else raise."""
+        import torch
+
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.is_floating_point():
+            described = (
+                f"a {tokens.dim()}-d {tokens.dtype} tensor"
+                if isinstance(tokens, torch.Tensor)
+                else type(tokens).__name__
+            )
+            raise ConfigError(f"tokens must be an integer [batch, pos] tensor, got {described}")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+            raise ConfigError(
+                f"token ids must lie in 0..{self.vocab_size - 1} (the model's embedding), got "
+                f"{int(tokens.min())}..{int(tokens.max())}"
+            )
+        return tokens
+
+    def sites_named(self, names: Sequence[str]) -> list[Site]:
+        """The sites called ``names`` (common or native); at least one, all known."""
+        if not names:
+            raise ConfigError("no sites requested; valid sites: " + ", ".join(self.site_names()))
+        return [self.site(name) for name in names]
+
+    def site_names(self) -> list[str]:
+        """Common names of every site, in forward order."""
+        return [site.name for site in self.sites()]
 
     @abstractmethod
     def capture(self, tokens: torch.Tensor, sites: Sequence[str]) -> dict[str, torch.Tensor]:

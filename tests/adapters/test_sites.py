@@ -134,3 +134,17 @@ def test_dense_models_have_no_moe_view(dense_case: Case, tokens: torch.Tensor) -
         dense_case.adapter.expert_outputs(tokens, 0)
     with pytest.raises(ConfigError, match="not an MoE layer"):
         dense_case.adapter.forward_restricted(tokens, 0, keep_top_n=1)
+
+
+def test_bad_tokens_and_empty_site_lists_are_refused(
+    dense_case: Case, tokens: torch.Tensor
+) -> None:
+    adapter = dense_case.adapter
+    with pytest.raises(ConfigError, match=r"integer \[batch, pos\] tensor, got a 1-d"):
+        adapter.capture(tokens[0], ["0.mlp_out"])
+    with pytest.raises(ConfigError, match="integer"):
+        adapter.logits(tokens.float())
+    with pytest.raises(ConfigError, match=rf"token ids must lie in 0\.\.{adapter.vocab_size - 1}"):
+        adapter.capture(tokens + adapter.vocab_size, ["0.mlp_out"])
+    with pytest.raises(ConfigError, match=r"no sites requested; valid sites: 0\.resid_pre"):
+        adapter.capture(tokens, [])
