@@ -195,3 +195,29 @@ def test_bad_restriction_is_rejected(moe_case: Case, tokens: torch.Tensor) -> No
     layer = adapter.moe_layers()[0]
     with pytest.raises(ConfigError, match="keep_top_n"):
         adapter.forward_restricted(tokens, layer, keep_top_n=adapter.top_k(layer) + 1)
+
+
+def test_dense_layers_between_moe_layers_are_not_moe(tokens: torch.Tensor) -> None:
+    import transformers
+
+    from crossdiff.adapters import adapt
+    from crossdiff.plugins import create_plugin_manager
+    from tests.adapters.tiny_models import COMMON
+
+    config = transformers.Qwen2MoeConfig(
+        **{**COMMON, "num_hidden_layers": 4},
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=24,
+        shared_expert_intermediate_size=40,
+        decoder_sparse_step=2,  # MoE in layers 1 and 3 ...
+        mlp_only_layers=[3],  # ... but layer 3 forced dense
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    adapter = adapt(model, create_plugin_manager())
+    assert adapter.moe_layers() == [1]
+    opened = adapter.expert_outputs(tokens, 1)
+    total = opened.contribution() + opened.shared_output
+    torch.testing.assert_close(total, opened.block_output, atol=ATOL, rtol=0)
+    with pytest.raises(ConfigError, match=r"MoE layers: \[1\]"):
+        adapter.routing(tokens, [3])
