@@ -8,7 +8,7 @@ import sys
 import torch
 
 from crossdiff.crosscoder import TrainConfig
-from crossdiff.crosscoder.distributed import Collectives, init_distributed
+from crossdiff.crosscoder.distributed import Collectives, finish_distributed, init_distributed
 from crossdiff.crosscoder.train import train
 from tests.crosscoder.conftest import planted, small_crosscoder
 
@@ -31,3 +31,4 @@ if __name__ == "__main__":
     if Collectives().rank == 0:
         with open(sys.argv[1], "w") as handle:
             json.dump(losses, handle)
+    finish_distributed()

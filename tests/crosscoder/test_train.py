@@ -108,4 +108,5 @@ def test_torchrun_two_processes_give_the_one_process_loss_curve(tmp_path: Path) 
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = json.loads((tmp_path / "l.json").read_text())
     assert len(ddp) == len(single) == 12
-    torch.testing.assert_close(torch.tensor(ddp), torch.tensor(single), rtol=1e-4, atol=1e-5)
+    # same arithmetic up to float summation order: measured max relative difference 1.5e-7
+    torch.testing.assert_close(torch.tensor(ddp), torch.tensor(single), rtol=1e-5, atol=1e-6)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     """Train (or resume), evaluate on the held-out shards, and write OUT/metrics.json."""
     from crossdiff.config import to_dict
     from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
-    from crossdiff.crosscoder.distributed import Collectives, init_distributed
+    from crossdiff.crosscoder.distributed import Collectives, finish_distributed, init_distributed
     from crossdiff.crosscoder.evaluate import evaluate
     from crossdiff.crosscoder.train import train
     from crossdiff.stages import atomic_write_json, is_complete, write_manifest
@@ -101,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
         )
     model = Crosscoder(cfg)
     result = train(model, reader, tcfg, out)
-    if Collectives().rank != 0:
+    rank = Collectives().rank
+    finish_distributed()
+    if rank != 0:
         return 0
     model.save_pretrained(out / "crosscoder")
     held_out = StoreReader(info, 4096, sites=sites, normalize=False, shards=eval_shards)

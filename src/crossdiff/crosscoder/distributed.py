@@ -23,6 +23,13 @@ def init_distributed() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def finish_distributed() -> None:
+    """Leave the process group cleanly (gloo aborts at exit if its threads are still alive)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 class Collectives:
     """The collectives of one process: no-ops when not running under a process group."""
 
