@@ -110,3 +110,9 @@ def test_torchrun_two_processes_give_the_one_process_loss_curve(tmp_path: Path) 
     assert len(ddp) == len(single) == 12
     # same arithmetic up to float summation order: measured max relative difference 1.5e-7
     torch.testing.assert_close(torch.tensor(ddp), torch.tensor(single), rtol=1e-5, atol=1e-6)
+
+
+def test_progress_bar_shows_fve_l0_dead(capsys: pytest.CaptureFixture[str]) -> None:
+    train(small_crosscoder(), data(10), TrainConfig(steps=10, warmup_steps=2, progress=True))
+    err = capsys.readouterr().err
+    assert "crosscoder" in err and "fve=" in err and "l0=" in err and "dead=" in err
