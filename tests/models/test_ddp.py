@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,15 +65,23 @@ def test_torchrun_two_processes_follow_the_single_process_loss_curve(
         str(crossdiff),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
+    # A session of its own, so a hung run's ranks can all be killed on timeout.
+    proc = subprocess.Popen(
         [*torchrun, *args, "--out", str(tmp_path / "two")],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
+        start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
 
     one = json.loads((tmp_path / "one" / "train_log.json").read_text())["history"]
     two = json.loads((tmp_path / "two" / "train_log.json").read_text())["history"]
