@@ -1,16 +1,45 @@
-"""Built-in analyses, each in a module of its own, registered like any third-party plugin."""
+"""Built-in analyses, each in a module of its own, registered like any third-party plugin.
+
+They are declared here by name (``LazyAnalysis``) so that listing plugins imports no numerics;
+each module is imported when its analysis runs.
+"""
 
 from __future__ import annotations
 
 from crossdiff import hookimpl
-from crossdiff.analysis import Analysis
-from crossdiff_analyses.corpus_stats import CorpusStats
-from crossdiff_analyses.dashboards import Dashboards
-from crossdiff_analyses.density import Density
-from crossdiff_analyses.feature_classes import FeatureClasses
+from crossdiff.analysis import Analysis, LazyAnalysis
+
+FEATURE_INPUTS = ("crosscoder", "activations/validation")
+
+ANALYSES = (
+    LazyAnalysis(
+        "corpus_stats",
+        "tokens and unigram entropy (the context-free loss baseline) per domain",
+        ("corpus",),
+        "crossdiff_analyses.corpus_stats:CorpusStats",
+    ),
+    LazyAnalysis(
+        "feature_classes",
+        "shared vs model-only latents by relative decoder norm, with latent scaling",
+        FEATURE_INPUTS,
+        "crossdiff_analyses.feature_classes:FeatureClasses",
+    ),
+    LazyAnalysis(
+        "density",
+        "latent firing frequency per class and domain, with Mann-Whitney U tests",
+        FEATURE_INPUTS,
+        "crossdiff_analyses.density:Density",
+    ),
+    LazyAnalysis(
+        "dashboards",
+        "top-activating contexts per latent (circuitsvis token views), per class",
+        ("corpus", *FEATURE_INPUTS),
+        "crossdiff_analyses.dashboards:Dashboards",
+    ),
+)
 
 
 @hookimpl
 def crossdiff_analyses() -> list[Analysis]:
     """The built-in analyses."""
-    return [CorpusStats(), FeatureClasses(), Density(), Dashboards()]
+    return list(ANALYSES)

@@ -15,10 +15,6 @@ from crossdiff.figures import new_figure, save_figure
 class CorpusStats:
     """Per domain and split: packed tokens, and the unigram entropy (nats) of the tokens."""
 
-    name = "corpus_stats"
-    description = "tokens and unigram entropy (the context-free loss baseline) per domain"
-    needs = ("corpus",)
-
     def run(self, context: RunContext) -> AnalysisResult:
         """Count tokens and compute unigram entropy per domain from the packed sequences."""
         corpus_dir = context.stage_dir("corpus")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -35,10 +34,6 @@ class DashboardSettings:
 
 class Dashboards:
     """Top-activating token contexts for latents sampled per class."""
-
-    name = "dashboards"
-    description = "top-activating contexts per latent (circuitsvis token views), per class"
-    needs = ("corpus", "crosscoder", "activations/validation")
 
     def __init__(self, settings: DashboardSettings | None = None) -> None:
         self.settings = settings or DashboardSettings()
@@ -132,17 +127,3 @@ def activations_at(
             for j, latent in enumerate(latents.tolist()):
                 values[latent, sequence, position] = float(f_RL[r, j])
     return values
-
-
-def dashboard_views(
-    summary: dict[str, Any],
-) -> list[tuple[str, list[tuple[list[str], list[float]]]]]:
-    """(title, contexts) pairs ready for the report's token views."""
-    views = []
-    for board in summary.get("dashboards", []):
-        title = (
-            f"latent {board['latent']} ({board['class']}, density {board['density']:.2e}, "
-            f"max {board['max_activation']:.3g})"
-        )
-        views.append((title, [(c["tokens"], c["values"]) for c in board["contexts"]]))
-    return views

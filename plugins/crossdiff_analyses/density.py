@@ -17,6 +17,7 @@ import torch
 
 from crossdiff.analysis import AnalysisResult, RunContext
 from crossdiff.crosscoder.classes import latent_classes
+from crossdiff.crosscoder.synthetic import only
 from crossdiff.figures import new_figure, save_figure
 from crossdiff.latents import LatentScan, scan_latents
 from crossdiff_analyses._inputs import heldout_store, load_crosscoder
@@ -27,16 +28,13 @@ SHARED = "shared"
 class Density:
     """Per-latent firing frequency; distributions per class and domain; rank tests."""
 
-    name = "density"
-    description = "latent firing frequency per class and domain, with Mann-Whitney U tests"
-    needs = ("crosscoder", "activations/validation")
-
     def run(self, context: RunContext) -> AnalysisResult:
         """Scan the held-out store and compare the classes' densities."""
         crosscoder = load_crosscoder(context)
         scan = scan_latents(crosscoder, heldout_store(context), top_n=1)
         classes = latent_classes(crosscoder)
-        summary = density_summary(scan, classes)
+        labels = [SHARED, *(only(name) for name in crosscoder.cfg.models)]
+        summary = density_summary(scan, classes, labels)
         figures = {
             "density_per_class": _class_histogram(scan, classes),
             "density_per_domain": _domain_bars(summary),
@@ -44,15 +42,21 @@ class Density:
         return AnalysisResult(summary, figures)
 
 
-def density_summary(scan: LatentScan, classes: list[str]) -> dict[str, Any]:
-    """Medians per class (overall and per domain) and each exclusive class vs shared."""
+def density_summary(
+    scan: LatentScan, classes: list[str], present: list[str] | None = None
+) -> dict[str, Any]:
+    """Medians per class (overall and per domain) and each exclusive class vs shared.
+
+    ``present`` lists the classes to report (every one appears, None where it has no latent);
+    by default the classes that occur.
+    """
     labels = np.asarray(classes)
     density = scan.density_L.numpy()
-    present = sorted(set(classes), key=lambda c: (c != SHARED, c))
+    present = present or sorted(set(classes), key=lambda c: (c != SHARED, c))
     summary: dict[str, Any] = {
         "tokens": scan.n_tokens,
         "median": {c: _median(density[(labels == c) & (density > 0)]) for c in present},
-        "mean": {c: float(density[labels == c].mean()) for c in present},
+        "mean": {c: _mean(density[labels == c]) for c in present},
         "never_fired": {c: int(((labels == c) & (density == 0)).sum()) for c in present},
         "per_domain_median": {
             domain: {
@@ -86,6 +90,10 @@ def mann_whitney(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
         "n": [len(x), len(y)],
         "u": float(u),
     }
+
+
+def _mean(values: np.ndarray) -> float | None:
+    return float(values.mean()) if len(values) else None
 
 
 def _median(values: np.ndarray) -> float | None:

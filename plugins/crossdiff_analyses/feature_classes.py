@@ -36,10 +36,6 @@ LOW, HIGH = 0.1, 0.9
 class FeatureClasses:
     """Relative decoder norms, classes, shared-decoder cosines and latent scaling."""
 
-    name = "feature_classes"
-    description = "shared vs model-only latents by relative decoder norm, with latent scaling"
-    needs = ("crosscoder", "activations/validation")
-
     def run(self, context: RunContext) -> AnalysisResult:
         """Classify every latent and test exclusive ones with latent scaling."""
         crosscoder = load_crosscoder(context)

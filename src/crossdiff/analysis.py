@@ -60,6 +60,27 @@ class Analysis(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LazyAnalysis:
+    """An analysis declared by name, imported only when it runs (keeps plugin loading light).
+
+    ``target`` is ``"module:Class"``; the class is instantiated without arguments.
+    """
+
+    name: str
+    description: str
+    needs: tuple[str, ...]
+    target: str
+
+    def run(self, context: RunContext) -> AnalysisResult:
+        """Import the target class and run it."""
+        import importlib
+
+        module_name, _, class_name = self.target.partition(":")
+        analysis = getattr(importlib.import_module(module_name), class_name)()
+        return analysis.run(context)
+
+
 def available_analyses(manager: CrossdiffPluginManager) -> dict[str, Analysis]:
     """Every analysis the plugins provide, by name (the newest plugin wins a clash)."""
     analyses: dict[str, Analysis] = {}

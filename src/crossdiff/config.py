@@ -31,8 +31,14 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
                 f"valid keys: {', '.join(sorted(fields))}"
             )
         nested = _dataclass_in(hints[key])
+        mapped = _dataclass_values_of(hints[key])
         if nested is not None and isinstance(value, dict):
             value = from_dict(nested, value, f"{where}.{key}")
+        elif mapped is not None and isinstance(value, dict):
+            value = {
+                name: from_dict(mapped, item, f"{where}.{key}.{name}")
+                for name, item in value.items()
+            }
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[key] = value
@@ -65,6 +71,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from error
+
+
+def _dataclass_values_of(hint: Any) -> type | None:
+    """The dataclass ``X`` of a ``dict[str, X]`` hint, if any."""
+    if typing.get_origin(hint) is dict:
+        args = typing.get_args(hint)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):
+            return args[1]
+    return None
 
 
 def _dataclass_in(hint: Any) -> type | None:

@@ -7,10 +7,10 @@ import sys
 from collections.abc import Sequence
 
 from crossdiff import __version__
-from crossdiff.cli import analyze, corpus, harvest, plugins, train_crosscoder, train_model
+from crossdiff.cli import analyze, corpus, harvest, plugins, run, train_crosscoder, train_model
 from crossdiff.errors import CrossdiffError
 
-COMMAND_GROUPS = (plugins, corpus, harvest, analyze, train_model, train_crosscoder)
+COMMAND_GROUPS = (plugins, corpus, train_model, harvest, train_crosscoder, analyze, run)
 """Modules with ``add_parser(commands)``; a new command is a new module listed here."""
 
 

@@ -1,0 +1,31 @@
+"""``crossdiff run``: the whole pipeline from one config file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Register ``run``."""
+    cmd = commands.add_parser(
+        "run",
+        help="run corpus -> models -> harvest -> crosscoder -> analyses -> report",
+        description="Run every stage of a run config (TOML; see examples/quickstart.toml) into "
+        "OUT. Finished stages are skipped, interrupted ones resume; OUT/report/summary.json "
+        "and OUT/report/report.html hold the results.",
+    )
+    cmd.add_argument("config", type=Path, help="run config (TOML)")
+    cmd.add_argument("--out", required=True, type=Path, help="run directory")
+    cmd.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the pipeline and print where the report is."""
+    from crossdiff.pipeline import load_run_config, run_pipeline
+
+    config = load_run_config(args.config)
+    run_pipeline(config, args.out)
+    print(f"summary: {args.out / 'report' / 'summary.json'}")
+    print(f"report:  {args.out / 'report' / 'report.html'}")
+    return 0

@@ -1,0 +1,197 @@
+"""The crosscoder stage: train on a store, evaluate on held-out activations, write metrics.
+
+Output directory: ``cfg.json`` + ``model.safetensors`` (the crosscoder), ``checkpoint``
+files while training (resume), ``metrics.json`` and ``manifest.json`` (written last).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossdiff.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class CrosscoderStageConfig:
+    """The crosscoder's shape and training, as a run config or the CLI gives them."""
+
+    expansion: int = 16
+    """Latents per dimension of the widest model (ignored if ``dict_size`` is set)."""
+    dict_size: int | None = None
+    """Latents; None: ``expansion`` × the widest d_model."""
+    k: float | None = None
+    """Mean active latents per token (BatchTopK); None: widest d_model / 8."""
+    n_shared: int = 0
+    """Designated shared latents (the tied block)."""
+    steps: int = 2000
+    """Optimiser steps."""
+    batch_size: int = 1024
+    """Tokens per step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    dead_tokens: int = 1_000_000
+    """A latent is dead after this many training tokens without firing."""
+    checkpoint_every: int = 500
+    """Checkpoint interval in steps (the resume point)."""
+    eval_shards: int = 1
+    """Without a held-out store: the last shards of the training store are held out."""
+    ce_sequences: int = 32
+    """Held-out sequences used for CE recovered (0: skip)."""
+    seed: int = 0
+    """Seed of the initialisation and of the batch order."""
+    progress: bool = True
+    """Show a progress bar with live FVE, L0 and dead fraction."""
+
+    def __post_init__(self) -> None:
+        for name in ("expansion", "steps", "batch_size", "dead_tokens", "eval_shards"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"crosscoder {name} must be a positive integer, got {value!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"crosscoder lr must be positive, got {self.lr!r}")
+
+
+def train_crosscoder_stage(
+    store_dir: str | Path,
+    out_dir: str | Path,
+    config: CrosscoderStageConfig,
+    *,
+    heldout_store: str | Path | None = None,
+    models: tuple[str, ...] | None = None,
+    sites: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train (resuming; skipping if finished with the same settings), evaluate, return metrics.
+
+    Held-out activations come from ``heldout_store`` if given, else from the last
+    ``config.eval_shards`` shards of the training store (not trained on).
+    """
+    import json
+
+    from crossdiff.config import to_dict
+    from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
+    from crossdiff.crosscoder.distributed import Collectives, init_distributed
+    from crossdiff.crosscoder.evaluate import evaluate
+    from crossdiff.crosscoder.train import train
+    from crossdiff.stages import atomic_write_json, is_complete, write_manifest
+    from crossdiff.store import StoreReader, open_store
+
+    info = open_store(store_dir)
+    models, sites = choose_sites(info.sites, models, sites or {})
+    dims = tuple(info.dims[m][sites[m]] for m in models)
+    n_shards = len(info.shard_paths())
+    heldout = open_store(heldout_store) if heldout_store is not None else None
+    if heldout is None and not 1 <= config.eval_shards < n_shards:
+        raise ConfigError(
+            f"eval_shards must be in [1, {n_shards - 1}] for a store of {n_shards} shards "
+            "(or give a held-out store)"
+        )
+    train_shards = list(range(n_shards if heldout else n_shards - config.eval_shards))
+    cfg = CrosscoderConfig(
+        models=models,
+        d_models=dims,
+        dict_size=config.dict_size or config.expansion * max(dims),
+        k=config.k or max(dims) / 8,
+        n_shared=config.n_shared,
+        seed=config.seed,
+    )
+    tcfg = TrainConfig(
+        steps=config.steps,
+        lr=config.lr,
+        warmup_steps=min(100, config.steps // 10),
+        dead_tokens=config.dead_tokens,
+        checkpoint_every=config.checkpoint_every,
+        progress=config.progress,
+    )
+    record = {
+        "crosscoder": to_dict(cfg),
+        "train": to_dict(tcfg),
+        "store": str(Path(store_dir).resolve()),
+        "heldout_store": str(Path(heldout_store).resolve()) if heldout_store else None,
+        "sites": sites,
+        "batch_size": config.batch_size,
+        "train_shards": len(train_shards),
+    }
+    out = Path(out_dir)
+    if is_complete(out, record):
+        return json.loads((out / "metrics.json").read_text())
+    init_distributed()
+    reader = StoreReader(
+        info, config.batch_size, sites=sites, seed=config.seed, normalize=False,
+        shards=train_shards, drop_last=True, passes=None,
+    )  # fmt: skip
+    model = Crosscoder(cfg)
+    result = train(model, reader, tcfg, out)
+    if Collectives().rank != 0:
+        return {}
+    model.save_pretrained(out)
+    eval_info = heldout or info
+    eval_shards = None if heldout else list(range(n_shards - config.eval_shards, n_shards))
+    held_out = StoreReader(eval_info, 4096, sites=sites, normalize=False, shards=eval_shards)
+    metrics: dict[str, Any] = evaluate(model, held_out).to_dict()
+    metrics["eval_window_tokens"] = metrics.pop("n_tokens")
+    metrics["train_steps"], metrics["nan_batches"] = result.steps, result.nan_batches
+    all_shards = list(range(len(eval_info.shard_paths())))
+    metrics["ce_recovered"] = ce_metrics(
+        model, eval_info, sites, eval_shards or all_shards, config.ce_sequences
+    )
+    atomic_write_json(out / "metrics.json", metrics)
+    write_manifest(out, "crosscoder", record, complete=True)
+    return metrics
+
+
+def choose_sites(
+    available: dict[str, list[str]], models: tuple[str, ...] | None, chosen: dict[str, str]
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The models (in order) and one site for each, checked against the store."""
+    from crossdiff.errors import unknown_choice
+
+    models = tuple(models) if models else tuple(available)
+    for m in models:
+        if m not in available:
+            raise unknown_choice("model (not in the store)", m, available)
+    sites: dict[str, str] = {}
+    for model, site in chosen.items():
+        if model not in models:
+            raise ConfigError(f"site given for {model!r}, which is not among {models}")
+        if site not in available[model]:
+            raise unknown_choice(f"site of {model!r}", site, available[model])
+        sites[model] = site
+    for m in models:
+        if m not in sites:
+            if len(available[m]) != 1:
+                raise ConfigError(
+                    f"model {m!r} has several sites in the store {available[m]}: choose one"
+                )
+            sites[m] = available[m][0]
+    return models, sites
+
+
+def ce_metrics(
+    model: Any, info: Any, sites: dict[str, str], shards: list[int], n_sequences: int
+) -> dict[str, Any] | None:
+    """CE recovered per model on held-out sequences, if the store records models and corpus."""
+    import numpy as np
+    import torch
+
+    from crossdiff.adapters import load_adapter
+    from crossdiff.corpus import load_sequences
+    from crossdiff.crosscoder.evaluate import ce_recovered
+    from crossdiff.plugins import create_plugin_manager
+    from crossdiff.store import load_shard
+
+    record = info.manifest.get("config", {}).get("record", {})
+    store_cfg = info.manifest.get("config", {}).get("store", {})
+    if n_sequences <= 0 or "models" not in record or "corpus" not in record:
+        return None
+    seqs = np.unique(np.concatenate([
+        load_shard(info.shard_paths()[i])["sequences"].numpy() for i in shards
+    ]))[:n_sequences]  # fmt: skip
+    split = load_sequences(record["corpus"])[store_cfg.get("split", "train")]
+    tokens = torch.from_numpy(np.asarray(split.input_ids)[seqs].astype(np.int64))
+    manager = create_plugin_manager()
+    adapters = {m: load_adapter(record["models"][m], manager) for m in model.cfg.models}
+    first = 1 if store_cfg.get("drop_first_position", True) else 0
+    results = ce_recovered(model, adapters, sites, tokens, first_position=first)
+    return {m: vars(r) for m, r in results.items()}

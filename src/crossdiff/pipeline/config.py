@@ -1,0 +1,86 @@
+"""The settings of a whole run: one TOML file, one dataclass per stage.
+
+Unknown keys anywhere are rejected with the closest valid key (``crossdiff.config.from_dict``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossdiff.config import from_dict, load_toml
+from crossdiff.corpus import CorpusConfig
+from crossdiff.crosscoder.stage import CrosscoderStageConfig as CrosscoderSpec
+from crossdiff.errors import ConfigError, unknown_choice
+
+ARCHES = ("dense", "moe")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model of the run: trained here from a preset, or loaded from ``path``."""
+
+    arch: str | None = None
+    """``dense`` or ``moe`` for a model trained by the run; None with ``path``."""
+    preset: str = "tiny"
+    """Preset of ``crossdiff.models.config.PRESETS`` to train with."""
+    path: str | None = None
+    """An existing model (in-repo model directory, Hugging Face directory or hub name)."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the preset's model settings (``ModelConfig`` fields)."""
+    train: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the preset's training settings (``models.config.TrainConfig`` fields)."""
+
+    def __post_init__(self) -> None:
+        if (self.arch is None) == (self.path is None):
+            raise ConfigError("a model needs exactly one of arch (train it) or path (load it)")
+        if self.arch is not None and self.arch not in ARCHES:
+            raise unknown_choice("arch", self.arch, ARCHES)
+
+
+@dataclass(frozen=True)
+class HarvestSpec:
+    """Which site of every model is harvested, and how much."""
+
+    site: str = "2.mlp_out"
+    """The site, by common name (``L.mlp_out``, ``L.resid_post``...) or native name."""
+    train_sequences: int | None = None
+    """Training-split sequences harvested for the crosscoder (None: all)."""
+    validation_sequences: int | None = None
+    """Validation-split sequences harvested for evaluation and analyses (None: all)."""
+    dtype: str = "fp32"
+    """Storage precision: fp32, bf16 or fp16."""
+    batch_sequences: int = 32
+    """Sequences per forward pass."""
+    shard_sequences: int = 256
+    """Sequences per shard (a multiple of batch_sequences)."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``crossdiff run`` does, stage by stage."""
+
+    name: str = "run"
+    """A label for the report."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    """The corpus stage."""
+    models: dict[str, ModelSpec] = field(default_factory=dict)
+    """Model name -> its spec; exactly the names used in every output (``dense``, ``moe``)."""
+    harvest: HarvestSpec = field(default_factory=HarvestSpec)
+    """The harvest stage."""
+    crosscoder: CrosscoderSpec = field(default_factory=CrosscoderSpec)
+    """The crosscoder stage."""
+    analyses: tuple[str, ...] = ("feature_classes", "density", "dashboards")
+    """Analysis plugins run on the result, in order."""
+
+    def __post_init__(self) -> None:
+        if len(self.models) < 2:
+            raise ConfigError(
+                f"a run needs at least two models to compare, got {sorted(self.models)}"
+            )
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read a run config from TOML; every table and key is checked."""
+    return from_dict(RunConfig, load_toml(path), "config")

@@ -1,0 +1,145 @@
+"""The stages of ``crossdiff run``: each ``run_<stage>(run, log)`` and ``<stage>_done(run)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from crossdiff.pipeline.run import SPLITS, Run, stage_complete
+
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- corpus
+
+
+def run_corpus(run: Run, log: Log) -> None:
+    """Build the corpus, tokenizer and packed sequences."""
+    from crossdiff.cli.corpus import format_stats
+    from crossdiff.corpus import build_corpus
+
+    stats = build_corpus(run.config.corpus, run.corpus_dir, run.manager)
+    log(format_stats(stats))
+
+
+def corpus_done(run: Run) -> bool:
+    """The corpus manifest says complete."""
+    return stage_complete(run.corpus_dir)
+
+
+# ---------------------------------------------------------------- models
+
+
+def run_models(run: Run, log: Log) -> None:
+    """Train every model the config trains (models given by path are used as they are)."""
+    from crossdiff.models.stage import train_model_stage
+
+    for name, spec in run.config.models.items():
+        if spec.path is not None:
+            log(f"  {name}: using {spec.path}")
+            continue
+        manifest = train_model_stage(
+            run.corpus_dir, run.model_dir(name), spec.arch, spec.preset, spec.model, spec.train
+        )
+        losses = ", ".join(f"{d} {v:.2f}" for d, v in manifest["val_loss"].items())
+        log(f"  {name}: {manifest['active_params']:,} active parameters; val loss {losses}")
+
+
+def models_done(run: Run) -> bool:
+    """Every trained model's manifest says complete."""
+    return all(
+        spec.path is not None or stage_complete(run.model_dir(name))
+        for name, spec in run.config.models.items()
+    )
+
+
+# ---------------------------------------------------------------- harvest
+
+
+def run_harvest(run: Run, log: Log) -> None:
+    """The same token batches through every model: a training and a held-out store."""
+    from crossdiff.adapters import load_adapter
+    from crossdiff.corpus import load_sequences, load_tokenizer
+    from crossdiff.store import StoreConfig, harvest
+
+    spec = run.config.harvest
+    adapters = {
+        name: load_adapter(run.model_source(name), run.manager) for name in run.config.models
+    }
+    sequences = load_sequences(run.corpus_dir)
+    tokenizer = load_tokenizer(run.corpus_dir / "tokenizer")
+    record = {
+        "models": {name: run.model_source(name) for name in run.config.models},
+        "corpus": str(run.corpus_dir),
+    }
+    limits = {"train": spec.train_sequences, "validation": spec.validation_sequences}
+    for split in SPLITS:
+        config = StoreConfig(
+            dtype=spec.dtype, split=split, max_sequences=limits[split],
+            batch_sequences=spec.batch_sequences, shard_sequences=spec.shard_sequences,
+        )  # fmt: skip
+        info = harvest(
+            adapters, [spec.site], sequences[split], run.store_dir(split), config,
+            corpus_tokenizer=tokenizer, record=record, progress=True,
+        )  # fmt: skip
+        log(f"  {split}: {info.tokens:,} tokens of {', '.join(adapters)} at {spec.site}")
+
+
+def harvest_done(run: Run) -> bool:
+    """Both stores are complete."""
+    return all(stage_complete(run.store_dir(split)) for split in SPLITS)
+
+
+# ---------------------------------------------------------------- crosscoder
+
+
+def run_crosscoder(run: Run, log: Log) -> None:
+    """Train the crosscoder on the training store; evaluate it on the held-out store."""
+    from crossdiff.crosscoder.stage import train_crosscoder_stage
+
+    metrics = train_crosscoder_stage(
+        run.store_dir("train"), run.crosscoder_dir, run.config.crosscoder,
+        heldout_store=run.store_dir("validation"), models=tuple(run.config.models),
+    )  # fmt: skip
+    fve = ", ".join(f"{m} {v:.3f}" for m, v in metrics["fve"].items())
+    log(f"  FVE {fve}; L0 {metrics['l0']:.1f}; dead {metrics['dead_fraction']:.1%}")
+
+
+def crosscoder_done(run: Run) -> bool:
+    """The crosscoder manifest says complete."""
+    return stage_complete(run.crosscoder_dir)
+
+
+# ---------------------------------------------------------------- analyses
+
+
+def run_analyses(run: Run, log: Log) -> None:
+    """Every configured analysis plugin, each into ``RUN/analyses/<name>``."""
+    from crossdiff.analysis import run_analysis
+
+    for name in run.config.analyses:
+        _, target = run_analysis(name, run.run_dir, run.manager)
+        log(f"  {name}: {target}")
+
+
+def analyses_done(run: Run) -> bool:
+    """Every configured analysis wrote its summary."""
+    return all(
+        (run.run_dir / "analyses" / name / "summary.json").is_file() for name in run.config.analyses
+    )
+
+
+# ---------------------------------------------------------------- report
+
+
+def run_report(run: Run, log: Log) -> None:
+    """``RUN/report/summary.json`` and the self-contained ``RUN/report/report.html``."""
+    from crossdiff.pipeline.report import write_run_report
+
+    html = write_run_report(run)
+    log(f"  {html}")
+
+
+def report_done(run: Run) -> bool:
+    """Both report files exist."""
+    report = run.run_dir / "report"
+    return (report / "summary.json").is_file() and (report / "report.html").is_file()

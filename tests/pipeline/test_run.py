@@ -1,0 +1,121 @@
+"""``crossdiff run`` end to end at a tiny setting: every stage, the report, and the rerun skip."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from crossdiff.cli import main
+from crossdiff.errors import ConfigError
+from crossdiff.pipeline import load_run_config, run_pipeline
+
+TINY_RUN = """
+name = "tiny test run"
+analyses = ["corpus_stats", "feature_classes", "density", "dashboards"]
+
+[corpus]
+max_documents_per_domain = 40
+vocab_size = 512
+tokenizer_chars_per_domain = 200_000
+context_length = 32
+
+[models.dense]
+arch = "dense"
+preset = "tiny"
+model = { n_layers = 2, d_model = 32, n_heads = 2, d_mlp = 64 }
+train = { tokens = 40_000, batch_size = 16, eval_every = 0, checkpoint_every = 0 }
+
+[models.moe]
+arch = "moe"
+preset = "tiny"
+model = { n_layers = 2, d_model = 32, n_heads = 2, d_mlp = 64, num_experts = 4 }
+train = { tokens = 40_000, batch_size = 16, eval_every = 0, checkpoint_every = 0 }
+
+[harvest]
+site = "1.mlp_out"
+train_sequences = 256
+validation_sequences = 64
+batch_sequences = 16
+shard_sequences = 64
+
+[crosscoder]
+expansion = 4
+k = 8
+n_shared = 16
+steps = 300
+batch_size = 256
+dead_tokens = 20_000
+ce_sequences = 8
+progress = false
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    config_path = root / "tiny.toml"
+    config_path.write_text(TINY_RUN)
+    assert main(["run", str(config_path), "--out", str(root / "out")]) == 0
+    return root
+
+
+@pytest.mark.slow
+def test_run_writes_the_documented_summary_keys(tiny_run: Path) -> None:
+    summary = json.loads((tiny_run / "out" / "report" / "summary.json").read_text())
+    for name in ("dense", "moe"):
+        assert summary["models"][name]["active_params"] > 0
+        assert set(summary["models"][name]["val_loss"]) == {"code", "science", "stories"}
+        assert 0 < summary["crosscoder"]["fve"][name] <= 1
+        assert name in summary["crosscoder"]["ce_recovered"]
+    assert 0 < summary["crosscoder"]["fve"]["pooled"] <= 1
+    assert summary["crosscoder"]["l0"] > 0
+    assert 0 <= summary["crosscoder"]["dead_fraction"] <= 1
+    assert set(summary["features"]["counts"]) == {"shared", "dense-only", "moe-only"}
+    assert "shared" in summary["density"]["median"]
+    html = (tiny_run / "out" / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "CircuitsVis" in html
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_finished_stage(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
+    config = load_run_config(tiny_run / "tiny.toml")
+    lines: list[str] = []
+    started = time.perf_counter()
+    run_pipeline(config, tiny_run / "out", log=lines.append)
+    assert time.perf_counter() - started < 10
+    assert sum("up to date, skipped" in line for line in lines) == 6, lines
+
+
+def test_typo_in_a_run_config_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY_RUN.replace("[harvest]\nsite", "[harvest]\nsiet"))
+    with pytest.raises(ConfigError, match=r"harvest: unknown key 'siet' \(did you mean 'site'\?\)"):
+        load_run_config(path)
+
+
+def test_unknown_analysis_is_named_before_anything_runs(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY_RUN.replace('"density",', '"densty",'))
+    with pytest.raises(
+        ConfigError, match=r"unknown analysis 'densty' \(did you mean 'density'\?\)"
+    ):
+        run_pipeline(load_run_config(path), tmp_path / "out")
+    assert not (tmp_path / "out" / "corpus").exists()
+
+
+@pytest.mark.slow
+def test_the_python_api_example_reads_the_same_run(tiny_run: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "quickstart.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(tiny_run / "out"), str(tiny_run / "tiny.toml")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "up to date, skipped" in result.stdout
+    assert "FVE:" in result.stdout and "dense-only_vs_shared" in result.stdout
