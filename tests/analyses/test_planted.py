@@ -17,7 +17,7 @@ PLANTED = PlantedConfig(
     d_models=(32, 32), n_shared=12, n_shared_aligned=6, n_exclusive=(10, 14), seed=3
 )
 # The paper's ordering, planted: A-only features fire MORE often than shared, B-only LESS.
-DENSITY_RANGES = {"shared": (0.03, 0.06), "A-only": (0.07, 0.12), "B-only": (0.012, 0.025)}
+DENSITY_RANGES = {"shared": (0.03, 0.06), "A_only": (0.07, 0.12), "B_only": (0.012, 0.025)}
 DOMAINS = ["even", "odd"]
 
 
@@ -53,19 +53,19 @@ def test_feature_classes_recover_the_planted_class_counts(trained) -> None:
     model, planted = trained
     scan = scan_batches(model, heldout_batches(planted), DOMAINS, top_n=1)
     summary = classify(model, scan.fires_L)
-    planted_counts = {c: planted.classes.count(c) for c in ("shared", "A-only", "B-only")}
+    planted_counts = {c: planted.classes.count(c) for c in ("shared", "A_only", "B_only")}
     counts = summary["counts"]
     # every exclusive feature is one latent of the right class, and no shared one leaks in
-    assert counts["A-only"] == planted_counts["A-only"], summary
-    assert counts["B-only"] == planted_counts["B-only"], summary
+    assert counts["A_only"] == planted_counts["A_only"], summary
+    assert counts["B_only"] == planted_counts["B_only"], summary
     # 96 latents for 42 features: a shared feature may also own a duplicate or a split latent
     assert planted_counts["shared"] <= counts["shared"] <= 1.25 * planted_counts["shared"]
     assert summary["dead"] == 96 - sum(counts.values())
     assert summary["designated_shared"] == {"total": 8, "classified_shared": 8}
     scaling = scaling_summary(model, latent_scaling(model, heldout_batches(planted)), scan.fires_L)
     # truly exclusive planted features: latent scaling does not flag them as shared
-    assert scaling["A-only"]["flagged_as_shared"] == 0
-    assert scaling["B-only"]["flagged_as_shared"] == 0
+    assert scaling["A_only"]["flagged_as_shared"] == 0
+    assert scaling["B_only"]["flagged_as_shared"] == 0
 
 
 @pytest.mark.slow
@@ -74,8 +74,8 @@ def test_density_recovers_the_planted_order_and_tests_it(trained) -> None:
     scan = scan_batches(model, heldout_batches(planted), DOMAINS, top_n=1)
     summary = density_summary(scan, latent_classes(model))
     median = summary["median"]
-    assert median["B-only"] < median["shared"] < median["A-only"]
-    for label in ("A-only", "B-only"):
+    assert median["B_only"] < median["shared"] < median["A_only"]
+    for label in ("A_only", "B_only"):
         lo, hi = DENSITY_RANGES[label]
         assert lo * 0.8 <= median[label] <= hi * 1.2
     tests = summary["tests"]

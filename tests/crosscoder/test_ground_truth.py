@@ -21,7 +21,7 @@ PLANTED = PlantedConfig(
 
 def test_planted_features_are_recovered_classified_and_their_density_measured() -> None:
     planted = PlantedFeatures(PLANTED)
-    assert planted.classes.count("shared") == 18 and planted.classes.count("A-only") == 12
+    assert planted.classes.count("shared") == 18 and planted.classes.count("A_only") == 12
     expected_l0 = float(planted.densities.sum())  # 2.38 features per token: k = 2.4
     model = Crosscoder(
         CrosscoderConfig(models=("A", "B"), d_models=(32, 32), dict_size=96, k=2.4, n_shared=8)

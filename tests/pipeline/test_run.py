@@ -73,7 +73,7 @@ def test_run_writes_the_documented_summary_keys(tiny_run: Path) -> None:
     assert 0 < summary["crosscoder"]["fve"]["pooled"] <= 1
     assert summary["crosscoder"]["l0"] > 0
     assert 0 <= summary["crosscoder"]["dead_fraction"] <= 1
-    assert set(summary["features"]["counts"]) == {"shared", "dense-only", "moe-only"}
+    assert set(summary["features"]["counts"]) == {"shared", "dense_only", "moe_only"}
     assert "shared" in summary["density"]["median"]
     html = (tiny_run / "out" / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "CircuitsVis" in html
@@ -118,4 +118,4 @@ def test_the_python_api_example_reads_the_same_run(tiny_run: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "up to date, skipped" in result.stdout
-    assert "FVE:" in result.stdout and "dense-only_vs_shared" in result.stdout
+    assert "FVE:" in result.stdout and "dense_only_vs_shared" in result.stdout

@@ -1,8 +1,8 @@
 """Feature classes of crosscoder latents from their per-model decoder norms.
 
 Convention (two models A, B, in the crosscoder's config order): r_i = ‖d_i^B‖ / (‖d_i^A‖ + ‖d_i^B‖);
-``A-only`` if r < 0.1, ``B-only`` if r > 0.9, ``shared`` in between. Designated shared latents have
-r = 0.5 by construction. With more than two models a latent is ``<m>-only`` when model m holds more
+``A_only`` if r < 0.1, ``B_only`` if r > 0.9, ``shared`` in between. Designated shared latents have
+r = 0.5 by construction. With more than two models a latent is ``<m>_only`` when model m holds more
 than 1 − ``margin`` of Σ_m ‖d_i^m‖, else shared.
 """
 
@@ -26,7 +26,7 @@ def relative_decoder_norm(model: Crosscoder) -> torch.Tensor:
 
 
 def latent_classes(model: Crosscoder, margin: float = 0.1) -> list[str]:
-    """Class of every latent: ``shared`` or ``<model>-only`` (see the module docstring)."""
+    """Class of every latent: ``shared`` or ``<model>_only`` (see the module docstring)."""
     norms = raw_decoder_norms(model)
     share = norms / norms.sum(dim=1, keepdim=True).clamp_min(1e-30)
     best = share.argmax(dim=1)

@@ -1,6 +1,6 @@
 """Planted-feature activations for two or more "models": ground truth for crosscoders.
 
-Every feature has a class (``shared`` or ``<model>-only``), a density p_f (probability of firing
+Every feature has a class (``shared`` or ``<model>_only``), a density p_f (probability of firing
 on a token), and a random unit direction u_f^m in the space of each model it lives in. A token's
 activations are x_m = Σ_f a_f·u_f^m (+ optional Gaussian noise) with a_f ~ Uniform[lo, hi] when
 the feature fires, the same a_f in every model for a shared feature.
@@ -20,7 +20,7 @@ SHARED = "shared"
 
 def only(model: str) -> str:
     """The class name of features that live in ``model`` alone."""
-    return f"{model}-only"
+    return f"{model}_only"
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class PlantedFeatures:
         for model, n in zip(cfg.models, cfg.n_exclusive, strict=True):
             classes += [only(model)] * n
         self.classes: list[str] = classes
-        """Class of each feature: ``shared`` or ``<model>-only``."""
+        """Class of each feature: ``shared`` or ``<model>_only``."""
         n_f = len(classes)
         lo, hi = cfg.density_range
         u = torch.rand(n_f, generator=gen, dtype=torch.float64)
