@@ -80,6 +80,16 @@ def test_run_writes_the_documented_summary_keys(tiny_run: Path) -> None:
 
 
 @pytest.mark.slow
+def test_the_run_report_renders_in_headless_chromium(tiny_run: Path) -> None:
+    from tests.report.browser import open_in_chromium
+
+    seen = open_in_chromium(tiny_run / "out" / "report" / "report.html", "report-run.png")
+    assert seen.errors == []
+    assert len(seen.image_widths) >= 3 and all(width > 0 for width in seen.image_widths)
+    assert seen.token_views and all(view.strip() for view in seen.token_views)
+
+
+@pytest.mark.slow
 def test_rerun_skips_every_finished_stage(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
     config = load_run_config(tiny_run / "tiny.toml")
     lines: list[str] = []

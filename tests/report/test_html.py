@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from crossdiff.figures import new_figure, save_figure
 from crossdiff.report import ReportSection, TokenDashboard, write_report
 from crossdiff.report.html import flatten
+from tests.report.browser import open_in_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -61,29 +61,10 @@ def test_flatten_nested_tables() -> None:
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     """No console errors; every figure decoded; every token view rendered its tokens."""
-    from playwright.sync_api import sync_playwright
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Chromium is installed by the set-up command (see README)"
-    report = make_report(tmp_path)
-    errors: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(report.as_uri())
-        page.wait_for_function(
-            "[...document.querySelectorAll('.token-view')].every(v => v.children.length > 0)",
-            timeout=20_000,
-        )
-        image_widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
-        views = page.eval_on_selector_all(".token-view", "vs => vs.map(v => v.innerText)")
-        ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        browser.close()
-    assert errors == []
-    assert image_widths and all(width > 0 for width in image_widths)
-    assert len(views) == 2
-    assert "cat" in views[0] and "</script>" in views[0] and "a<b&c" in views[0]
-    assert "def" in views[1]
+    seen = open_in_chromium(make_report(tmp_path), "report-unit.png")
+    assert seen.errors == []
+    assert seen.image_widths and all(width > 0 for width in seen.image_widths)
+    assert len(seen.token_views) == 2
+    assert "cat" in seen.token_views[0] and "</script>" in seen.token_views[0]
+    assert "a<b&c" in seen.token_views[0]
+    assert "def" in seen.token_views[1]
