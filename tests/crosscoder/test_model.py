@@ -100,7 +100,8 @@ def test_batch_topk_keeps_the_global_top_scores_across_tokens() -> None:
     pre[1, 5] = 0.5
     pre[2] = torch.rand(48, generator=torch.Generator().manual_seed(0)) * 0.3
     model.threshold.fill_(4.0)  # the candidate filter (θ/2 = 2) must not lose exactness
-    pattern, t = model.batch_topk(pre, 12)
+    pattern, t, pre_N = model.batch_topk(pre, 12)
+    assert torch.equal(pre_N, pre[pattern.rows_N, pattern.cols_N])
     rho = model.rank_weights()
     score = pre * rho
     expected = set(score.view(-1).topk(12).indices.tolist())

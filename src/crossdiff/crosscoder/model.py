@@ -26,8 +26,9 @@ from crossdiff.errors import ConfigError
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "model.safetensors"
 
-CANDIDATE_FRACTION = 0.5
-"""BatchTopK first keeps scores above this fraction of θ, falling back to all if too few pass."""
+CANDIDATE_FRACTION = 0.9
+"""BatchTopK first keeps scores above this fraction of θ; if fewer than k·B pass, the bound is
+halved (three times at most) and finally dropped, so the selection is always exact."""
 
 Gather = Callable[[torch.Tensor, int], torch.Tensor]
 """``(local top scores, k_total) -> the k_total-th largest score over all processes``."""
@@ -172,31 +173,35 @@ class Crosscoder(nn.Module):
         k_total: int,
         gather: Gather | None = None,
         rho_L: torch.Tensor | None = None,
-    ) -> tuple[SparsePattern, float]:
-        """Keep the ``k_total`` largest scores of the batch; returns the pattern and threshold.
+    ) -> tuple[SparsePattern, float, torch.Tensor]:
+        """Keep the ``k_total`` largest scores of the batch: the pattern, the threshold (the
+        smallest kept score) and the pre-activations ``pre_N`` at the kept entries.
 
-        Candidates are first filtered by half the current θ (exact: if fewer than ``k_total``
-        pass, every positive score is a candidate). With ``gather`` (data parallel), the
+        Candidates are first filtered by a bound just under the current θ, lowered until at
+        least ``k_total`` pass (so the result is exact). With ``gather`` (data parallel), the
         threshold is the ``k_total``-th largest score over all processes.
         """
         B, L = pre_BL.shape
         rho_L = self.rank_weights() if rho_L is None else rho_L
         lo = CANDIDATE_FRACTION * float(self.threshold)
         flat_N = torch.empty(0, dtype=torch.long, device=pre_BL.device)
-        if lo > 0:
-            flat_N = (pre_BL > (lo / rho_L).nan_to_num(nan=torch.inf)).view(-1).nonzero()[:, 0]
+        for _ in range(4 if lo > 0 else 0):
+            bound_L = (lo / rho_L).nan_to_num(nan=torch.inf)
+            flat_N = (pre_BL > bound_L).view(-1).nonzero()[:, 0]
+            if flat_N.numel() >= k_total:
+                break
+            lo /= 2
         if flat_N.numel() < k_total:
             flat_N = ((pre_BL > 0) & (rho_L > 0)).view(-1).nonzero()[:, 0]
-        scores_N = pre_BL.view(-1)[flat_N]
-        if self.cfg.rank_by_decoder_norm:
-            scores_N *= rho_L[flat_N % L]
+        pre_N = pre_BL.view(-1)[flat_N]
+        scores_N = pre_N * rho_L[flat_N % L] if self.cfg.rank_by_decoder_norm else pre_N
         top = scores_N.topk(min(k_total, scores_N.numel()), sorted=False).values
         if gather is not None:
             t = float(gather(top, k_total))
         else:
             t = float(top.min()) if top.numel() == k_total else -float("inf")
-        flat_N = flat_N[scores_N >= t]
-        return SparsePattern.from_flat(flat_N, B, L), t
+        keep_N = scores_N >= t
+        return SparsePattern.from_flat(flat_N[keep_N], B, L), t, pre_N[keep_N]
 
     def forward(
         self,
@@ -213,9 +218,8 @@ class Crosscoder(nn.Module):
         n_tokens = global_batch or x_BC.shape[0]
         k_total = max(1, round((k or self.cfg.k) * n_tokens))
         W_dec_LC = self.decoder_weights()
-        pattern, t = self.batch_topk(pre_BL, k_total, gather, self.rank_weights(W_dec_LC))
+        pattern, t, pre_N = self.batch_topk(pre_BL, k_total, gather, self.rank_weights(W_dec_LC))
         if kernels == "sparse":
-            pre_N = pre_BL[pattern.rows_N, pattern.cols_N]
             acts_N = selected_preacts(pre_N, self.W_enc_CL, self.b_enc_L, x_BC, pattern)
             recon_BC = sparse_decode(acts_N, W_dec_LC, pattern) + self.b_dec_C
         else:
