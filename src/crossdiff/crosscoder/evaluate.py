@@ -45,6 +45,7 @@ class _Moments:
         self.n, self.s, self.s2 = 0, 0.0, 0.0
 
     def add(self, x: torch.Tensor) -> None:
+        """Accumulate the rows of ``x`` ``[B, D]``."""
         x = x.double()
         self.n += x.shape[0]
         self.s = self.s + x.sum(0)
