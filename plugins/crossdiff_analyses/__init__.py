@@ -36,6 +36,24 @@ ANALYSES = (
         ("corpus", *FEATURE_INPUTS),
         "crossdiff_analyses.dashboards:Dashboards",
     ),
+    LazyAnalysis(
+        "routing",
+        "MoE: expert share per domain vs uniform k/E, experts for half, entropy, co-activation",
+        ("corpus", "activations/validation"),
+        "crossdiff_analyses.routing:Routing",
+    ),
+    LazyAnalysis(
+        "expert_alignment",
+        "MoE: lift of each expert per crosscoder latent, entropy, expert-specific latents",
+        ("corpus", *FEATURE_INPUTS),
+        "crossdiff_analyses.expert_alignment:ExpertAlignment",
+    ),
+    LazyAnalysis(
+        "early_decoding",
+        "MoE Lens: top-n vs all experts (cosines, logit lens, KL) and perplexity vs n",
+        ("corpus", "activations/validation"),
+        "crossdiff_analyses.early_decoding:EarlyDecoding",
+    ),
 )
 
 
