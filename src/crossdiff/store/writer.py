@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import os
 import queue
+import struct
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -25,20 +26,59 @@ def write_shard(
     store: str | Path, index: int, tensors: Mapping[str, torch.Tensor], metadata: dict[str, Any]
 ) -> Path:
     """Write shard ``index`` of ``store`` atomically; ``metadata`` is saved as JSON inside it."""
-    from safetensors.torch import save_file
-
     final = shard_path(store, index)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}{_TMP_MARK}{os.getpid()}")
     try:
-        save_file(dict(tensors), str(tmp), metadata={"crossdiff": json.dumps(metadata)})
-        with open(tmp, "rb+") as handle:
+        with open(tmp, "wb", buffering=0) as handle:
+            write_safetensors(handle, tensors, {"crossdiff": json.dumps(metadata)})
             os.fsync(handle.fileno())
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return final
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.uint8: "U8",
+}
+
+
+def write_safetensors(
+    handle: BinaryIO, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]
+) -> None:
+    """Write ``tensors`` to an unbuffered binary file in the safetensors layout.
+
+    The layout: an 8-byte little-endian header length, a JSON header (name -> dtype, shape,
+    byte offsets; ``__metadata__``) padded to 8 bytes, then the raw little-endian tensor bytes.
+    Written here rather than with ``safetensors.save_file`` so the bytes go straight from each
+    tensor's memory to the file, with the GIL released during the copies: the harvesting
+    thread's forward passes keep running while a shard is written.
+    """
+    header: dict[str, Any] = {"__metadata__": metadata}
+    buffers, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8).numpy()  # [bytes], no copy
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + raw.nbytes],
+        }
+        buffers.append(raw)
+        offset += raw.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    for chunk in (struct.pack("<Q", len(text)), text, *buffers):
+        view = memoryview(chunk).cast("B")
+        while view:
+            view = view[handle.write(view) :]
 
 
 def read_shard_metadata(path: str | Path) -> dict[str, Any]:
