@@ -101,21 +101,24 @@ def check_n(name: str, adapter: ModelAdapter, layers: Sequence[int], ns: Sequenc
 
 
 def domain_batches(
-    context: RunContext, max_sequences: int, batch_sequences: int
+    context: RunContext, max_sequences: int, batch_tokens: int
 ) -> dict[str, list[torch.Tensor]]:
-    """Domain -> ``[B, P]`` token batches from the first ``max_sequences`` held-out sequences."""
+    """Domain -> ``[B, P]`` token batches (about ``batch_tokens`` each) from the first
+    ``max_sequences`` held-out sequences of each domain."""
     from crossdiff.corpus import load_sequences
 
     packed = load_sequences(context.stage_dir("corpus"))["validation"]
-    return batches_by_domain(packed.input_ids, packed.domains, max_sequences, batch_sequences)
+    return batches_by_domain(packed.input_ids, packed.domains, max_sequences, batch_tokens)
 
 
 def batches_by_domain(
-    input_ids, domains, max_sequences: int, batch_sequences: int
+    input_ids, domains, max_sequences: int, batch_tokens: int
 ) -> dict[str, list[torch.Tensor]]:
-    """``input_ids [N, P]`` with ``domains [N]`` -> domain -> ``[B, P]`` int64 batches."""
+    """``input_ids [N, P]`` with ``domains [N]`` -> domain -> ``[B, P]`` int64 batches of
+    B = max(1, batch_tokens // P) sequences."""
     import numpy as np
 
+    batch_sequences = max(1, batch_tokens // int(np.shape(input_ids)[1]))
     out: dict[str, list[torch.Tensor]] = {}
     domains = np.asarray(domains)
     for domain in sorted(set(domains.tolist())):

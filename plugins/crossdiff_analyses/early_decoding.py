@@ -75,8 +75,8 @@ class EarlyDecodingSettings:
     """Weight conventions of the restricted forward (keys of :data:`VARIANTS`)."""
     max_sequences: int = 32
     """Held-out sequences per domain."""
-    batch_sequences: int = 16
-    """Sequences per forward pass."""
+    batch_tokens: int = 2048
+    """Tokens per forward pass (whole sequences, at least one)."""
 
 
 # ---------------------------------------------------------------- per-token metrics
@@ -234,7 +234,7 @@ class EarlyDecoding:
         """Run held-out tokens of each domain through every MoE model, restricted and not."""
         settings = self.settings
         adapters = moe_adapters(run_model_paths(context), settings.models)
-        batches = domain_batches(context, settings.max_sequences, settings.batch_sequences)
+        batches = domain_batches(context, settings.max_sequences, settings.batch_tokens)
         models = {
             name: model_early_decoding(name, adapter, batches, settings)
             for name, adapter in adapters.items()

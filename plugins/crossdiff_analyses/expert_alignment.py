@@ -31,6 +31,7 @@ from crossdiff.adapters import ModelAdapter
 from crossdiff.analysis import AnalysisResult, RunContext
 from crossdiff.crosscoder import Crosscoder
 from crossdiff.crosscoder.classes import latent_classes
+from crossdiff.crosscoder.synthetic import SHARED, only
 from crossdiff.errors import ConfigError
 from crossdiff.figures import new_figure, save_figure
 from crossdiff.latents import iter_store_batches
@@ -116,17 +117,25 @@ def owners(
 
 
 def alignment_summary(
-    counts: AlignmentCounts, top_k: int, classes: list[str], settings: AlignmentSettings
+    counts: AlignmentCounts,
+    top_k: int,
+    classes: list[str],
+    settings: AlignmentSettings,
+    labels: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Base rates, owned latents per expert, specificity per class and the top latents."""
+    """Base rates, owned latents per expert, specificity per class and the top latents.
+
+    ``labels``: the classes to report (each appears, with ``share`` None if it has no live
+    latent); by default those that occur.
+    """
     conditional, lift, entropy = lift_and_entropy(counts, top_k)
     owner = owners(conditional, lift, counts.fires_L, settings)
     n_experts = counts.joint_LE.shape[1]
     live = counts.fires_L >= settings.min_fires
-    labels = np.asarray(classes)
+    of_latent = np.asarray(classes)
     per_class = {}
-    for label in sorted(set(classes)):
-        mask = torch.as_tensor(labels == label) & live
+    for label in labels or sorted(set(classes)):
+        mask = torch.as_tensor(of_latent == label) & live
         specific = int((owner[mask] >= 0).sum())
         per_class[label] = {
             "live": int(mask.sum()),
@@ -236,7 +245,8 @@ class ExpertAlignment:
             counts = align_store(
                 crosscoder, store, adapter, input_ids, layer, settings.batch_sequences
             )
-            summary = alignment_summary(counts, adapter.top_k(layer), classes, settings)
+            labels = [SHARED, *(only(m) for m in crosscoder.cfg.models)]
+            summary = alignment_summary(counts, adapter.top_k(layer), classes, settings, labels)
             models[name] = {"site": site, "layer": layer, **summary}
             figures[f"lift_matrix_{name}"] = _lift_matrix(name, models[name])
         thresholds = {k: v for k, v in vars(settings).items() if k != "batch_sequences"}

@@ -40,8 +40,8 @@ class RoutingSettings:
     """MoE layers to analyse; None: all of them."""
     max_sequences: int = 64
     """Held-out sequences per domain."""
-    batch_sequences: int = 16
-    """Sequences per forward pass."""
+    batch_tokens: int = 2048
+    """Tokens per forward pass (whole sequences, at least one)."""
 
 
 # ---------------------------------------------------------------- pure statistics
@@ -169,7 +169,7 @@ class Routing:
         """Route held-out tokens of each domain through every MoE model of the run."""
         settings = self.settings
         adapters = moe_adapters(run_model_paths(context), settings.models)
-        batches = domain_batches(context, settings.max_sequences, settings.batch_sequences)
+        batches = domain_batches(context, settings.max_sequences, settings.batch_tokens)
         layers = list(settings.layers) if settings.layers is not None else None
         models = {name: model_routing(name, a, batches, layers) for name, a in adapters.items()}
         figures = {f"routing_{name}": _heatmaps(name, summary) for name, summary in models.items()}
@@ -197,7 +197,7 @@ def _heatmaps(name: str, summary: dict[str, Any]):
             ax.set_xlabel("expert")
             ax.set_title(f"{name} layer {layer}")
         if image is not None:
-            figure.colorbar(image, ax=list(axes), label="share / uniform k/E")
+            figure.colorbar(image, ax=axes[-1], label="share / uniform k/E")
         save_figure(figure, path)
 
     return draw

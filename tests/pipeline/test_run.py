@@ -14,7 +14,10 @@ from crossdiff.pipeline import load_run_config, run_pipeline
 
 TINY_RUN = """
 name = "tiny test run"
-analyses = ["corpus_stats", "feature_classes", "density", "dashboards"]
+analyses = [
+    "corpus_stats", "feature_classes", "density", "dashboards",
+    "routing", "expert_alignment", "early_decoding",
+]
 
 [corpus]
 max_documents_per_domain = 40
@@ -77,6 +80,45 @@ def test_run_writes_the_documented_summary_keys(tiny_run: Path) -> None:
     assert "shared" in summary["density"]["median"]
     html = (tiny_run / "out" / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "CircuitsVis" in html
+
+
+@pytest.mark.slow
+def test_the_moe_analyses_run_on_the_in_repo_moe(tiny_run: Path) -> None:
+    out = tiny_run / "out"
+    moe = json.loads((out / "report" / "summary.json").read_text())["moe"]
+    domains = {"code", "science", "stories"}
+    routing = moe["routing"]["moe"]
+    assert set(routing) == {"0", "1"}
+    for layer in routing.values():
+        assert layer["uniform_share"] == 0.5 and set(layer) == {"uniform_share", "all", *domains}
+        assert 1 <= layer["all"]["experts_for_half"] <= 4 and 0 < layer["all"]["entropy"] <= 1
+    early = moe["early_decoding"]["moe"]
+    assert set(early["cosine"]) == {"0", "1"} and set(early["perplexity"]) == domains
+    for layer in early["cosine"].values():
+        assert layer["2"]["contribution"] == pytest.approx(1.0, abs=1e-6)
+        assert layer["2"]["hidden"] == pytest.approx(1.0, abs=1e-6)
+        assert -1 <= layer["1"]["contribution"] < 1
+    for values in early["perplexity_increase"].values():
+        assert values["2"] == 0.0
+    alignment = moe["expert_alignment"]["moe"]
+    assert alignment["layer"] == 1 and len(alignment["owned"]) == 4
+    assert set(alignment["specific_share"]) == {"shared", "dense_only", "moe_only"}
+    figures = {p.stem for p in (out / "analyses").glob("*/*.png")}
+    assert {"routing_moe", "cosine_vs_n_moe", "perplexity_vs_n_moe", "lift_matrix_moe"} <= figures
+    html = (out / "report" / "report.html").read_text()
+    for title in ("Routing", "Early decoding", "Expert alignment"):
+        assert f"<h2>{title}</h2>" in html
+
+
+@pytest.mark.slow
+def test_a_dense_model_given_to_an_moe_analysis_is_named(tiny_run: Path) -> None:
+    from crossdiff_analyses._moe import moe_adapters
+
+    dense = str(tiny_run / "out" / "models" / "dense")
+    with pytest.raises(ConfigError, match=r"no Mixture-of-Experts model .*\['dense'\]"):
+        moe_adapters({"dense": dense})
+    with pytest.raises(ConfigError, match=r"model 'dense' is dense \(no MoE layers\)"):
+        moe_adapters({"dense": dense}, ["dense"])
 
 
 @pytest.mark.slow

@@ -59,7 +59,63 @@ def build_summary(run: Run) -> dict[str, Any]:
                 for name, t in density["tests"].items()
             },
         }
+    moe = moe_summary(summary["analyses"])
+    if moe:
+        summary["moe"] = moe
     return summary
+
+
+# ---------------------------------------------------------------- MoE analyses (docs: "moe.*")
+
+MOE_ANALYSES = ("routing", "early_decoding", "expert_alignment")
+
+
+def moe_summary(analyses: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of the MoE analyses that ran (docs/results-schema.md, ``moe``)."""
+    out: dict[str, Any] = {}
+    routing = analyses.get("routing")
+    if routing:
+        out["routing"] = {
+            model: {
+                layer: {
+                    "uniform_share": stats["uniform_share"],
+                    **{
+                        domain: {k: d[k] for k in ("top_share", "experts_for_half", "entropy")}
+                        for domain, d in stats["domains"].items()
+                    },
+                }
+                for layer, stats in data["layers"].items()
+            }
+            for model, data in routing["models"].items()
+        }
+    early = analyses.get("early_decoding")
+    if early:
+        out["early_decoding"] = {
+            model: {
+                "cosine": {
+                    layer: {
+                        n: {k: m[f"{k}_cosine"] for k in ("contribution", "hidden")}
+                        for n, m in stats["as_routed"].items()
+                    }
+                    for layer, stats in data["layers"].items()
+                    if "as_routed" in stats
+                },
+                "perplexity": data["perplexity"].get("as_routed", {}),
+                "perplexity_increase": data["perplexity_increase"].get("as_routed", {}),
+            }
+            for model, data in early["models"].items()
+        }
+    alignment = analyses.get("expert_alignment")
+    if alignment:
+        out["expert_alignment"] = {
+            model: {
+                "layer": data["layer"],
+                "owned": data["owned"],
+                "specific_share": {c: v["share"] for c, v in data["expert_specific"].items()},
+            }
+            for model, data in alignment["models"].items()
+        }
+    return out
 
 
 def write_run_report(run: Run) -> Path:
@@ -89,7 +145,9 @@ def write_run_report(run: Run) -> Path:
             sections.append(ReportSection("Dashboards", DASHBOARD_TEXT,
                                           dashboards=_dashboards(data)))  # fmt: skip
             continue
-        table = {k: v for k, v in data.items() if not isinstance(v, list)}
+        table = summary.get("moe", {}).get(name) or {
+            k: v for k, v in data.items() if not isinstance(v, list)
+        }
         sections.append(ReportSection(name.replace("_", " ").capitalize(), "", table, figures))
     return write_report(report_dir / "report.html", f"crossdiff: {run.config.name}", sections)
 
