@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from crossdiff.errors import ConfigError
 
@@ -44,132 +43,38 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume), evaluate on the held-out shards, and write OUT/metrics.json."""
-    from crossdiff.config import to_dict
-    from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
-    from crossdiff.crosscoder.distributed import Collectives, finish_distributed, init_distributed
-    from crossdiff.crosscoder.evaluate import evaluate
-    from crossdiff.crosscoder.train import train
-    from crossdiff.stages import atomic_write_json, is_complete, write_manifest
-    from crossdiff.store import StoreReader, open_store
+    from crossdiff.crosscoder.stage import CrosscoderStageConfig, train_crosscoder_stage
 
-    info = open_store(args.acts)
-    models, sites = choose_sites(info.sites, args.models, args.site)
-    dims = tuple(info.dims[m][sites[m]] for m in models)
-    n_shards = len(info.shard_paths())
-    if not 1 <= args.eval_shards < n_shards:
-        raise ConfigError(f"--eval-shards must be in [1, {n_shards - 1}] for {n_shards} shards")
-    train_shards = list(range(n_shards - args.eval_shards))
-    eval_shards = list(range(n_shards - args.eval_shards, n_shards))
-    cfg = CrosscoderConfig(
-        models=models,
-        d_models=dims,
-        dict_size=args.dict_size or args.expansion * max(dims),
-        k=args.k or max(dims) / 8,
+    config = CrosscoderStageConfig(
+        expansion=args.expansion,
+        dict_size=args.dict_size,
+        k=args.k,
         n_shared=args.n_shared,
-        seed=args.seed,
-    )
-    tcfg = TrainConfig(
         steps=args.steps,
+        batch_size=args.batch_size,
         lr=args.lr,
-        warmup_steps=min(100, args.steps // 10),
         dead_tokens=args.dead_tokens,
         checkpoint_every=args.checkpoint_every,
+        eval_shards=args.eval_shards,
+        ce_sequences=args.ce_sequences,
+        seed=args.seed,
         progress=not args.no_progress,
     )
-    record = {
-        "crosscoder": to_dict(cfg),
-        "train": to_dict(tcfg),
-        "store": str(Path(args.acts).resolve()),
-        "sites": sites,
-        "batch_size": args.batch_size,
-        "eval_shards": eval_shards,
-    }
-    out = Path(args.out)
-    if is_complete(out, record):
-        print(f"{out} is complete with this configuration; metrics in {out / 'metrics.json'}")
-        return 0
-    init_distributed()
-    reader = StoreReader(
-        info, args.batch_size, sites=sites, seed=args.seed, normalize=False,
-        shards=train_shards, drop_last=True, passes=None,
-    )  # fmt: skip
-    one_pass = StoreReader(info, args.batch_size, sites=sites, shards=train_shards, drop_last=True)
-    if len(one_pass) == 0:
-        raise ConfigError(
-            f"the training shards hold fewer tokens than one batch of {args.batch_size}: "
-            "lower --batch-size or --eval-shards"
-        )
-    model = Crosscoder(cfg)
-    result = train(model, reader, tcfg, out)
-    rank = Collectives().rank
-    finish_distributed()
-    if rank != 0:
-        return 0
-    model.save_pretrained(out / "crosscoder")
-    held_out = StoreReader(info, 4096, sites=sites, normalize=False, shards=eval_shards)
-    metrics: dict[str, Any] = evaluate(model, held_out).to_dict()
-    metrics["eval_window_tokens"] = metrics.pop("n_tokens")
-    metrics["train_steps"], metrics["nan_batches"] = result.steps, result.nan_batches
-    metrics["ce_recovered"] = ce_metrics(model, info, sites, eval_shards, args.ce_sequences)
-    atomic_write_json(out / "metrics.json", metrics)
-    write_manifest(out, "crosscoder", record, complete=True)
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
+    metrics = train_crosscoder_stage(
+        args.acts, args.out, config, models=models, sites=parse_sites(args.site)
+    )
+    if metrics:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
 
-def choose_sites(
-    available: dict[str, list[str]], models_arg: str | None, site_args: list[str]
-) -> tuple[tuple[str, ...], dict[str, str]]:
-    """The models (in order) and one site for each, checked against the store."""
-    from crossdiff.errors import unknown_choice
-
-    models = tuple(m.strip() for m in models_arg.split(",")) if models_arg else tuple(available)
-    for m in models:
-        if m not in available:
-            raise unknown_choice("model (not in the store)", m, available)
-    chosen: dict[str, str] = {}
-    for spec in site_args:
+def parse_sites(specs: list[str]) -> dict[str, str]:
+    """``["MODEL=SITE", ...]`` -> ``{model: site}``."""
+    sites = {}
+    for spec in specs:
         model, sep, site = spec.partition("=")
-        if not sep or model not in models:
-            raise ConfigError(f"--site {spec!r} must be MODEL=SITE with MODEL among {models}")
-        if site not in available[model]:
-            raise unknown_choice(f"site of {model!r}", site, available[model])
-        chosen[model] = site
-    for m in models:
-        if m not in chosen:
-            if len(available[m]) != 1:
-                raise ConfigError(
-                    f"model {m!r} has several sites in the store {available[m]}: "
-                    f"choose one with --site {m}=SITE"
-                )
-            chosen[m] = available[m][0]
-    return models, chosen
-
-
-def ce_metrics(
-    model: Any, info: Any, sites: dict[str, str], eval_shards: list[int], n_sequences: int
-) -> dict[str, Any] | None:
-    """CE recovered per model on held-out sequences, if the store records models and corpus."""
-    import numpy as np
-    import torch
-
-    from crossdiff.cli.harvest import load_adapter
-    from crossdiff.corpus import load_sequences
-    from crossdiff.crosscoder.evaluate import ce_recovered
-    from crossdiff.plugins import create_plugin_manager
-    from crossdiff.store import load_shard
-
-    record = info.manifest.get("config", {}).get("record", {})
-    store_cfg = info.manifest.get("config", {}).get("store", {})
-    if n_sequences <= 0 or "models" not in record or "corpus" not in record:
-        return None
-    seqs = np.unique(np.concatenate([
-        load_shard(info.shard_paths()[i])["sequences"].numpy() for i in eval_shards
-    ]))[:n_sequences]  # fmt: skip
-    split = load_sequences(record["corpus"])[store_cfg.get("split", "train")]
-    tokens = torch.from_numpy(np.asarray(split.input_ids)[seqs].astype(np.int64))
-    manager = create_plugin_manager()
-    adapters = {m: load_adapter(record["models"][m], manager) for m in model.cfg.models}
-    first = 1 if store_cfg.get("drop_first_position", True) else 0
-    results = ce_recovered(model, adapters, sites, tokens, first_position=first)
-    return {m: vars(r) for m, r in results.items()}
+        if not sep or not model or not site:
+            raise ConfigError(f"--site {spec!r} must be MODEL=SITE")
+        sites[model] = site
+    return sites

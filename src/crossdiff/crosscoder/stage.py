@@ -1,7 +1,8 @@
 """The crosscoder stage: train on a store, evaluate on held-out activations, write metrics.
 
-Output directory: ``cfg.json`` + ``model.safetensors`` (the crosscoder), ``checkpoint``
-files while training (resume), ``metrics.json`` and ``manifest.json`` (written last).
+Output directory: ``crosscoder/`` (``cfg.json`` + ``model.safetensors``, for
+``Crosscoder.from_pretrained``), ``checkpoint/`` while training (resume), ``metrics.json`` and
+``manifest.json`` (written last).
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from crossdiff.errors import ConfigError
+
+WEIGHTS_DIR = "crosscoder"
+"""Subdirectory of the stage holding the trained crosscoder (``cfg.json`` + safetensors)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ def train_crosscoder_stage(
 
     from crossdiff.config import to_dict
     from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
-    from crossdiff.crosscoder.distributed import Collectives, init_distributed
+    from crossdiff.crosscoder.distributed import Collectives, finish_distributed, init_distributed
     from crossdiff.crosscoder.evaluate import evaluate
     from crossdiff.crosscoder.train import train
     from crossdiff.stages import atomic_write_json, is_complete, write_manifest
@@ -121,11 +125,21 @@ def train_crosscoder_stage(
         info, config.batch_size, sites=sites, seed=config.seed, normalize=False,
         shards=train_shards, drop_last=True, passes=None,
     )  # fmt: skip
+    one_pass = StoreReader(
+        info, config.batch_size, sites=sites, shards=train_shards, drop_last=True
+    )
+    if len(one_pass) == 0:
+        raise ConfigError(
+            f"the training shards hold fewer tokens than one batch of {config.batch_size}: "
+            "lower the batch size or the held-out shards"
+        )
     model = Crosscoder(cfg)
     result = train(model, reader, tcfg, out)
-    if Collectives().rank != 0:
+    rank = Collectives().rank
+    finish_distributed()
+    if rank != 0:
         return {}
-    model.save_pretrained(out)
+    model.save_pretrained(out / WEIGHTS_DIR)
     eval_info = heldout or info
     eval_shards = None if heldout else list(range(n_shards - config.eval_shards, n_shards))
     held_out = StoreReader(eval_info, 4096, sites=sites, normalize=False, shards=eval_shards)
