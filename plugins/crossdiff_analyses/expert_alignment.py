@@ -161,7 +161,7 @@ def alignment_summary(
                 "owner": int(owner[i]),
                 "max_lift": float(max_lift[i]),
                 "entropy": float(entropy[i]),
-                "lift": [float(v) for v in lift[i]],
+                "lift": [float(v) if torch.isfinite(v) else None for v in lift[i]],
             }
             for i in order
         ],
@@ -261,7 +261,8 @@ def _lift_matrix(name: str, summary: dict[str, Any]):
         figure = new_figure(2 + 0.35 * summary["n_experts"], 1.5 + 0.18 * max(len(rows), 1))
         ax = figure.subplots()
         if rows:
-            matrix = np.log2(np.clip(np.array([r["lift"] for r in rows], dtype=float), 1e-3, None))
+            lifts = np.array([[np.nan if v is None else v for v in r["lift"]] for r in rows])
+            matrix = np.log2(np.clip(lifts, 1e-3, None))  # [latents, E]; NaN: expert unused
             image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", vmin=-3, vmax=3)
             labels = [f"{r['latent']} {r['class']}" for r in rows]
             ax.set_yticks(range(len(rows)), labels, fontsize=6)

@@ -55,3 +55,12 @@ def test_alignment_by_hand() -> None:
     # a stricter lift threshold drops latent 0 (lift 1.6) but keeps latent 3 (lift 2.67)
     strict = alignment_summary(counts, 2, CLASSES, AlignmentSettings(min_fires=2, min_lift=2.0))
     assert strict["owned"] == [0, 0, 1, 0]
+
+
+def test_an_expert_never_chosen_has_no_lift() -> None:
+    # expert 3 never chosen: its lift is undefined (None in the JSON), the others are not
+    chosen = torch.tensor([[0, 1], [1, 2], [0, 2], [0, 1]])
+    active = torch.ones(4, 1, dtype=torch.bool)
+    summary = alignment_summary(tally(active, chosen, 4), 2, ["shared"], AlignmentSettings(1))
+    assert summary["top_latents"][0]["lift"] == [1.0, 1.0, 1.0, None]
+    assert summary["owned"] == [0, 0, 0, 0]
