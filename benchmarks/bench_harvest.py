@@ -10,8 +10,8 @@ so load from other processes, drifting during the run, hurts both sides alike. T
 harvest's time spent inside the adapters' capture is printed too: it isolates what the store
 itself costs, whatever the load.
 
-Then peak memory (max RSS) of a harvest at two sizes, each in a fresh child process: it must not
-grow with the number of tokens harvested.
+Then peak memory (max RSS) of a harvest at two sizes, and of one shuffled reader pass over each
+resulting store, each in a fresh child process: neither may grow with the number of tokens.
 
     .venv/bin/python benchmarks/bench_harvest.py [--sequences 64] [--repeats 8] [--site 4.mlp_out]
 """
@@ -71,9 +71,12 @@ def bare_forward_seconds(
 
 
 def harvest_seconds(
-    models: dict, sites: list[str], sequences: PackedSequences, args
+    models: dict, sites: list[str], sequences: PackedSequences, args, keep: Path | None = None
 ) -> tuple[float, float, float]:
-    """(wall, CPU, wall inside the adapters' capture) seconds of a complete harvest."""
+    """(wall, CPU, wall inside the adapters' capture) seconds of a complete harvest.
+
+    The store goes to a temporary directory, deleted after, or to ``keep``.
+    """
     from crossdiff.adapters import adapt
     from crossdiff.plugins import create_plugin_manager
     from crossdiff.store import StoreConfig, harvest
@@ -88,7 +91,7 @@ def harvest_seconds(
     )
     with tempfile.TemporaryDirectory(prefix="crossdiff-bench-", dir=args.tmp) as tmp:
         start, cpu = time.perf_counter(), time.process_time()
-        info = harvest(adapters, sites, sequences, Path(tmp) / "store", config)
+        info = harvest(adapters, sites, sequences, keep or Path(tmp) / "store", config)
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         assert info.complete and info.tokens == len(sequences.input_ids) * (
             sequences.input_ids.shape[1] - 1
@@ -141,31 +144,52 @@ def throughput(args: argparse.Namespace) -> dict[str, float]:
 
 
 def peak_memory_child(args: argparse.Namespace) -> None:
-    """(child mode) Harvest ``--sequences`` sequences and print the peak RSS in MiB as JSON."""
+    """(child mode) Harvest ``--sequences`` sequences into ``--keep``; print peak RSS (MiB)."""
     models = build_pair(args.vocab, args.context, args.preset)
     sequences = token_sequences(args.sequences, args.context, args.vocab, args.corpus)
-    seconds, _, _ = harvest_seconds(models, args.site, sequences, args)
+    seconds, _, _ = harvest_seconds(models, args.site, sequences, args, keep=args.keep)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(json.dumps({"sequences": args.sequences, "peak_mib": peak, "seconds": seconds}))
 
 
+def read_memory_child(args: argparse.Namespace) -> None:
+    """(child mode) One shuffled pass over the store ``--keep``; print rows and peak RSS."""
+    from crossdiff.store import StoreReader
+
+    rows = sum(len(next(iter(b.values()))) for b in StoreReader(args.keep, batch_size=4096))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"rows": rows, "peak_mib": peak}))
+
+
 def peak_memory(args: argparse.Namespace, sizes: list[int]) -> list[dict]:
-    """Peak RSS of a harvest at each size, each in a fresh process."""
+    """Peak RSS of a harvest, then of one reader pass over its store, at each size.
+
+    Each runs in a fresh process, so each peak is its own.
+    """
     rows = []
-    for size in sizes:
-        command = [sys.executable, __file__, "--child-memory", "--sequences", str(size)]
-        command += ["--preset", args.preset, "--batch", str(args.batch), "--dtype", args.dtype]
-        command += ["--shard-sequences", str(args.shard_sequences)]
-        command += [arg for site in args.site for arg in ("--site", site)]
-        if args.corpus:
-            command += ["--corpus", str(args.corpus)]
-        if args.tmp:
-            command += ["--tmp", str(args.tmp)]
-        if args.threads:
-            command += ["--threads", str(args.threads)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    with tempfile.TemporaryDirectory(prefix="crossdiff-bench-", dir=args.tmp) as tmp:
+        for size in sizes:
+            store = Path(tmp) / f"store-{size}"
+            command = [sys.executable, __file__, "--child-memory", "--sequences", str(size)]
+            command += ["--preset", args.preset, "--batch", str(args.batch)]
+            command += ["--dtype", args.dtype, "--shard-sequences", str(args.shard_sequences)]
+            command += [arg for site in args.site for arg in ("--site", site)]
+            command += ["--keep", str(store)]
+            if args.corpus:
+                command += ["--corpus", str(args.corpus)]
+            if args.threads:
+                command += ["--threads", str(args.threads)]
+            row = _child(command)
+            row["read_peak_mib"] = _child(
+                [sys.executable, __file__, "--child-read", "--keep", str(store)]
+            )["peak_mib"]
+            rows.append(row)
     return rows
+
+
+def _child(command: list[str]) -> dict:
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -186,6 +210,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-read", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--keep", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.site = args.site or ["4.mlp_out"]
     torch.manual_seed(0)
@@ -193,6 +219,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.child_memory:
         peak_memory_child(args)
+        return
+    if args.child_read:
+        read_memory_child(args)
         return
     print(
         f"torch threads {torch.get_num_threads()}, preset {args.preset!r}, sites {args.site}, "
@@ -219,10 +248,14 @@ def main() -> None:
     rows = peak_memory(args, list(args.memory_sizes))
     for row in rows:
         tokens = row["sequences"] * (args.context - 1)
-        print(f"peak RSS harvesting {tokens:>9,} tokens: {row['peak_mib']:,.0f} MiB")
-    growth = rows[1]["peak_mib"] / rows[0]["peak_mib"]
+        print(
+            f"peak RSS harvesting {tokens:>9,} tokens: {row['peak_mib']:,.0f} MiB; "
+            f"reading them back in one shuffled pass: {row['read_peak_mib']:,.0f} MiB"
+        )
     size_ratio = args.memory_sizes[1] / args.memory_sizes[0]
-    print(f"peak memory x{growth:.3f} for x{size_ratio:.0f} tokens")
+    for key, what in (("peak_mib", "harvest"), ("read_peak_mib", "reader")):
+        growth = rows[1][key] / rows[0][key]
+        print(f"{what} peak memory x{growth:.3f} for x{size_ratio:.0f} tokens")
 
 
 if __name__ == "__main__":
