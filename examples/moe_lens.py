@@ -3,6 +3,7 @@
     python examples/moe_lens.py                      # a tiny random DeepSeek-V3, built offline
     python examples/moe_lens.py PATH_OR_HUB_NAME     # any MoE the Hugging Face adapter reads
     python examples/moe_lens.py deepseek-ai/deepseek-moe-16b-base --trust-remote-code
+    python examples/moe_lens.py RUN/models/moe --corpus RUN/corpus   # held-out corpus tokens
 
 Without a model, a tiny DeepSeek-V3 is built from a config, saved with ``save_pretrained`` to
 ``OUT/tiny-deepseek-v3`` and loaded back BY PATH through ``crossdiff.adapters.load_adapter``: the
@@ -10,7 +11,9 @@ same call that loads a downloaded checkpoint directory or a hub name. Models shi
 code (deepseek-moe-16b) are loaded with ``trust_remote_code=True`` and then ``adapt``-ed; from
 there on the analysis code is the same. Token batches come from the model's tokenizer on a few
 built-in texts per domain, or (a model saved without a tokenizer) from random ids, a different
-id range per pseudo-domain. Writes ``OUT/moe_lens.json`` and prints the headline tables.
+id range per pseudo-domain; with ``--corpus`` the held-out split of a crossdiff corpus (the
+analyses' defaults: 64 sequences per domain for routing, 32 for early decoding).
+Writes ``OUT/moe_lens.json`` and prints the headline tables.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from crossdiff.adapters import ModelAdapter, adapt, load_adapter
 from crossdiff.plugins import create_plugin_manager
 from crossdiff_analyses.early_decoding import EarlyDecodingSettings, model_early_decoding
-from crossdiff_analyses.routing import model_routing
+from crossdiff_analyses.routing import RoutingSettings, model_routing
 
 TEXTS = {
     "code": [
@@ -90,20 +93,35 @@ def token_batches(adapter: ModelAdapter, positions: int = 24) -> dict[str, list[
     }
 
 
+def corpus_batches(corpus: str, max_sequences: int) -> dict[str, list[torch.Tensor]]:
+    """Domain -> token batches from the corpus's held-out split, as the analyses take them."""
+    from crossdiff.corpus import load_sequences
+    from crossdiff_analyses._moe import batches_by_domain
+
+    packed = load_sequences(corpus)["validation"]
+    return batches_by_domain(packed.input_ids, packed.domains, max_sequences, 2048)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run routing and early decoding on one MoE; print the tables, write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", help="model directory or hub name (default: tiny)")
     parser.add_argument("--out", default="moe_lens_out", help="output directory")
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--corpus", help="a crossdiff corpus directory: use its held-out split")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = args.model or str(build_tiny_deepseek_v3(out / "tiny-deepseek-v3"))
     adapter = load(model, args.trust_remote_code)
-    batches = token_batches(adapter)
-    routing = model_routing(model, adapter, batches)
-    early = model_early_decoding(model, adapter, batches, EarlyDecodingSettings())
+    settings = EarlyDecodingSettings()
+    if args.corpus:
+        routing_batches = corpus_batches(args.corpus, RoutingSettings().max_sequences)
+        early_batches = corpus_batches(args.corpus, settings.max_sequences)
+    else:
+        routing_batches = early_batches = token_batches(adapter)
+    routing = model_routing(model, adapter, routing_batches)
+    early = model_early_decoding(model, adapter, early_batches, settings)
     (out / "moe_lens.json").write_text(
         json.dumps({"model": model, "routing": routing, "early_decoding": early}, indent=1)
     )
