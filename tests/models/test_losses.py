@@ -77,8 +77,8 @@ def test_losses_from_hooks_match_float64_reference() -> None:
         balances.append(ref_balance)
         zs.append(ref_z)
     balance, z = auxiliary_losses(record, CONFIG.num_experts)
-    assert balance.item() == pytest.approx(np.mean(balances), rel=1e-5)
-    assert z.item() == pytest.approx(np.mean(zs), rel=1e-5)
+    assert balance.item() == pytest.approx(np.sum(balances), rel=1e-5)  # summed over layers
+    assert z.item() == pytest.approx(np.sum(zs), rel=1e-5)
 
 
 def test_losses_train_the_router_and_hooks_are_removed() -> None:

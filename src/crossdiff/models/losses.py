@@ -5,6 +5,7 @@ Per MoE layer, with T tokens, E experts and top-k routing:
     P_e = (1/T) Σ_t softmax(router_logits_t)_e                  mean router probability
     f_e = (1/(T·k)) Σ_t [e ∈ top-k(t)]                           share of routing assignments
     load_balance = E · Σ_e f_e · P_e                             (= 1 when both are uniform)
+    (both losses are summed over the MoE layers)
     z_loss = (1/T) Σ_t logsumexp(router_logits_t)²
 
 f_e is not differentiable (counts); the gradient flows through P_e. ``P`` comes from
@@ -116,14 +117,15 @@ def auxiliary_losses(
     num_experts: int,
     reduce_counts: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Load-balancing and z-loss averaged over MoE layers (None where nothing was recorded)."""
+    """Load-balancing and z-loss, each SUMMED over MoE layers as in Switch / ST-MoE (every MoE
+    layer adds its own term); None where nothing was recorded."""
     balance = z = None
     if record.probs:
         terms = [
             load_balancing_loss(p, i, num_experts, reduce_counts)
             for p, i in zip(record.probs, record.indices, strict=True)
         ]
-        balance = sum(terms) / len(terms)
+        balance = sum(terms)
     if record.logits:
-        z = sum(router_z_loss(x) for x in record.logits) / len(record.logits)
+        z = sum(router_z_loss(x) for x in record.logits)
     return balance, z
