@@ -48,7 +48,7 @@ class Run:
 
     @property
     def crosscoder_dir(self) -> Path:
-        """``RUN/crosscoder``: the stage (metrics, manifest); the weights are in its ``crosscoder/``."""
+        """``RUN/crosscoder``: the stage (metrics, manifest); weights in its ``crosscoder/``."""
         return self.run_dir / "crosscoder"
 
     def model_source(self, name: str) -> str:
