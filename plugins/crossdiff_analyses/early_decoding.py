@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from crossdiff.adapters import ModelAdapter
 from crossdiff.analysis import AnalysisResult, RunContext
+from crossdiff.errors import ConfigError
 from crossdiff.figures import new_figure, save_figure
 from crossdiff_analyses._moe import (
     check_layers,
@@ -192,7 +193,7 @@ def model_early_decoding(
     layers = check_layers(name, adapter, settings.layers)
     unknown = [v for v in settings.variants if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        raise ConfigError(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     max_k = min(adapter.top_k(layer) for layer in adapter.moe_layers())
     ns = list(settings.ns) if settings.ns is not None else None
     check_n(name, adapter, layers, ns or [])
