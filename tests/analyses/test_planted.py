@@ -79,9 +79,9 @@ def test_density_recovers_the_planted_order_and_tests_it(trained) -> None:
         lo, hi = DENSITY_RANGES[label]
         assert lo * 0.8 <= median[label] <= hi * 1.2
     tests = summary["tests"]
-    assert tests["A-only_vs_shared"]["effect_size"] > 0.5
-    assert tests["B-only_vs_shared"]["effect_size"] < -0.5
-    assert tests["A-only_vs_shared"]["p_value"] < 1e-3
-    assert tests["B-only_vs_shared"]["p_value"] < 1e-3
+    assert tests["A_only_vs_shared"]["effect_size"] > 0.5
+    assert tests["B_only_vs_shared"]["effect_size"] < -0.5
+    assert tests["A_only_vs_shared"]["p_value"] < 1e-3
+    assert tests["B_only_vs_shared"]["p_value"] < 1e-3
     assert set(summary["per_domain_median"]) == set(DOMAINS)
     assert summary["tokens"] == 20_000
