@@ -17,9 +17,12 @@ def build_summary(run: Run) -> dict[str, Any]:
     """The run's results in one JSON document (see docs/results-schema.md)."""
     summary: dict[str, Any] = {"name": run.config.name, "models": {}, "analyses": {}}
     for name, spec in run.config.models.items():
-        manifest = read_manifest(run.model_dir(name)) if spec.path is None else None
-        if manifest:
+        directory = run.model_dir(name) if spec.path is None else Path(spec.path)
+        manifest = read_manifest(directory) if directory.is_dir() else None
+        if manifest and manifest.get("stage") == "models":
             summary["models"][name] = {k: manifest[k] for k in MODEL_KEYS if k in manifest}
+            if spec.path is not None:
+                summary["models"][name]["path"] = spec.path
             if "expert_usage_min_share" in manifest:
                 summary["models"][name]["expert_usage_min_share"] = manifest[
                     "expert_usage_min_share"
