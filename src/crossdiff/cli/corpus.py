@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from crossdiff.cli.options import parse_assignments
 from crossdiff.errors import ConfigError
 
 
@@ -77,7 +78,10 @@ def build(args: argparse.Namespace) -> int:
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if args.source:
-        settings["sources"] = {**settings.get("sources", {}), **_parse_sources(args.source)}
+        settings["sources"] = {
+            **settings.get("sources", {}),
+            **parse_assignments(args.source, "--source", "DOMAIN=SPEC"),
+        }
         if "domains" not in settings:
             defaults = list(CorpusConfig().domains)
             settings["domains"] = defaults + [d for d in settings["sources"] if d not in defaults]
@@ -85,16 +89,6 @@ def build(args: argparse.Namespace) -> int:
     stats = build_corpus(config, args.out)
     print(format_stats(stats))
     return 0
-
-
-def _parse_sources(specs: list[str]) -> dict[str, str]:
-    sources = {}
-    for spec in specs:
-        domain, sep, value = spec.partition("=")
-        if not sep or not domain or not value:
-            raise ConfigError(f"--source {spec!r} is not of the form DOMAIN=SPEC")
-        sources[domain] = value
-    return sources
 
 
 def stats(args: argparse.Namespace) -> int:

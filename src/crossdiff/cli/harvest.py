@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from crossdiff.cli.options import parse_assignments
 from crossdiff.errors import ConfigError
 
 SETTINGS = (
@@ -116,14 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 def parse_models(specs: list[str], option: str = "--model") -> dict[str, str]:
     """``["a=path", ...]`` -> ``{"a": "path"}``, with a clear error for a malformed entry."""
-    models: dict[str, str] = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ConfigError(f"{option} {spec!r} is not of the form NAME=PATH")
-        if name in models:
-            raise ConfigError(f"{option} {name!r} is given twice")
-        models[name] = path
+    models = parse_assignments(specs, option, "NAME=PATH")
     if len(models) < 1:
         raise ConfigError(f"give at least one {option} NAME=PATH")
     return models

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from crossdiff.errors import ConfigError
+from crossdiff.cli.options import parse_assignments
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -62,19 +62,12 @@ def run(args: argparse.Namespace) -> int:
     )
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     metrics = train_crosscoder_stage(
-        args.acts, args.out, config, models=models, sites=parse_sites(args.site)
+        args.acts,
+        args.out,
+        config,
+        models=models,
+        sites=parse_assignments(args.site, "--site", "MODEL=SITE"),
     )
     if metrics:
         print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
-
-
-def parse_sites(specs: list[str]) -> dict[str, str]:
-    """``["MODEL=SITE", ...]`` -> ``{model: site}``."""
-    sites = {}
-    for spec in specs:
-        model, sep, site = spec.partition("=")
-        if not sep or not model or not site:
-            raise ConfigError(f"--site {spec!r} must be MODEL=SITE")
-        sites[model] = site
-    return sites
