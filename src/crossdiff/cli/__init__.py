@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from crossdiff import __version__
 from crossdiff.cli import analyze, corpus, harvest, plugins, run, train_crosscoder, train_model
 from crossdiff.errors import CrossdiffError
+from crossdiff.runtime import retain_freed_memory
 
 COMMAND_GROUPS = (plugins, corpus, train_model, harvest, train_crosscoder, analyze, run)
 """Modules with ``add_parser(commands)``; a new command is a new module listed here."""
@@ -22,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        retain_freed_memory()
         return args.handler(args) or 0
     except CrossdiffError as error:
         print(f"crossdiff: error: {error}", file=sys.stderr)

@@ -27,6 +27,7 @@ from crossdiff.crosscoder.sparse import (
     sparse_decode,
 )
 from crossdiff.errors import CrossdiffError
+from crossdiff.runtime import retain_freed_memory
 from crossdiff.stages import atomic_directory
 
 CHECKPOINT_DIR = "checkpoint"
@@ -291,6 +292,7 @@ def train(
     process trains on its slice of every batch and only rank 0 writes.
     """
     coll = Collectives()
+    retain_freed_memory()
     optimizer = make_optimizer(model, cfg)
     out = Path(out_dir) if out_dir is not None else None
     state = load_checkpoint(out, model, optimizer) if out is not None and resume else None

@@ -26,6 +26,7 @@ from crossdiff.models.ddp import DistContext, all_reduce_sum, barrier, init_dist
 from crossdiff.models.evaluate import Evaluation, evaluate
 from crossdiff.models.losses import auxiliary_losses, record_routing
 from crossdiff.models.optim import learning_rate, make_optimizer
+from crossdiff.runtime import retain_freed_memory
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -88,6 +89,7 @@ def train(
     from torch.nn.parallel import DistributedDataParallel
 
     context = context or init_distributed()
+    retain_freed_memory()
     if train_config.batch_size % context.world_size:
         raise ConfigError(
             f"train.batch_size {train_config.batch_size} is not divisible by the "

@@ -19,6 +19,7 @@ from typing import Any
 from crossdiff.config import to_dict
 from crossdiff.pipeline.config import RunConfig
 from crossdiff.plugins import CrossdiffPluginManager, create_plugin_manager
+from crossdiff.runtime import retain_freed_memory
 from crossdiff.stages import atomic_write_json, read_manifest
 
 STAGES = ("corpus", "models", "harvest", "crosscoder", "analyses", "report")
@@ -66,6 +67,7 @@ def run_pipeline(
     """Run (or finish) every stage of ``config`` in ``run_dir``; return ``summary.json``'s data."""
     from crossdiff.pipeline import stages
 
+    retain_freed_memory()
     run = Run(config, Path(run_dir), manager or create_plugin_manager())
     run.run_dir.mkdir(parents=True, exist_ok=True)
     _check_analyses(run)

@@ -20,6 +20,7 @@ from crossdiff.adapters import ModelAdapter
 from crossdiff.config import to_dict
 from crossdiff.corpus import PackedSequences
 from crossdiff.errors import ConfigError, StageError
+from crossdiff.runtime import retain_freed_memory
 from crossdiff.stages import read_manifest, write_manifest
 from crossdiff.store.capture import PairedSites, capture_rows, resolve_sites, row_metadata
 from crossdiff.store.checks import check_alignment, check_tokenizers
@@ -72,6 +73,7 @@ def harvest(
     harvest returns at once; rerunning an interrupted one resumes it.
     """
     config = config or StoreConfig()
+    retain_freed_memory()
     for name in models:
         check_model_name(name)
     paired = resolve_sites(models, sites)

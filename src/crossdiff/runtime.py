@@ -1,0 +1,43 @@
+"""Process-level settings that make long CPU jobs faster.
+
+Training steps allocate and free the same large tensors (logits of ``batch × vocab``, their
+gradients) every step. glibc's malloc serves blocks above its mmap threshold with fresh
+``mmap`` calls and returns them to the kernel on free, so each step page-faults hundreds of
+megabytes back in: a quarter of a tiny model's training time went to the kernel. Keeping freed
+memory in the process removes that cost (measured: 0.65 → 0.49 s per step of the tiny dense
+model on 2 cores); the price is that the resident size stays at its peak.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+KEEP_BELOW_BYTES = 1 << 30
+"""Blocks up to this size come from the heap (and stay there) instead of fresh mmaps."""
+
+
+def retain_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse; True if the setting took effect.
+
+    Called at the start of the training and harvest stages. It changes the allocator of the
+    whole process (idempotent; a no-op returning False on platforms without glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    trimmed = mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # never give the heap's top back
+    mapped = mallopt(M_MMAP_THRESHOLD, KEEP_BELOW_BYTES)
+    return bool(trimmed and mapped)
