@@ -37,6 +37,16 @@ class CrosscoderStageConfig:
     """Peak learning rate."""
     dead_tokens: int = 1_000_000
     """A latent is dead after this many training tokens without firing."""
+    aux_coeff: float = 1 / 32
+    """Weight of the aux-k loss that revives dead latents."""
+    k_start: float | None = None
+    """Optional k annealing: start at this k, reach ``k`` after ``k_anneal_steps``."""
+    k_anneal_steps: int = 0
+    """Steps of the linear k annealing."""
+    sparsity_coeff: float = 0.0
+    """λ of the extra penalty λ·Σ_i f_i·w_i·Σ_m ‖d_i^m‖ (0: BatchTopK alone)."""
+    shared_sparsity_ratio: float = 0.15
+    """w_i of the designated shared latents in that penalty (1 for the others)."""
     checkpoint_every: int = 500
     """Checkpoint interval in steps (the resume point)."""
     eval_shards: int = 1
@@ -98,6 +108,8 @@ def train_crosscoder_stage(
         dict_size=config.dict_size or config.expansion * max(dims),
         k=config.k or max(dims) / 8,
         n_shared=config.n_shared,
+        sparsity_coeff=config.sparsity_coeff,
+        shared_sparsity_ratio=config.shared_sparsity_ratio,
         seed=config.seed,
     )
     tcfg = TrainConfig(
@@ -105,6 +117,9 @@ def train_crosscoder_stage(
         lr=config.lr,
         warmup_steps=min(100, config.steps // 10),
         dead_tokens=config.dead_tokens,
+        aux_coeff=config.aux_coeff,
+        k_start=config.k_start,
+        k_anneal_steps=config.k_anneal_steps,
         checkpoint_every=config.checkpoint_every,
         progress=config.progress,
     )
