@@ -44,7 +44,7 @@ class StepStats:
 
     step: int
     loss: float
-    """Total loss: reconstruction + aux-k + optional sparsity."""
+    """Total loss: (reconstruction + optional sparsity) / batch variance + aux-k."""
     mse: float
     """Σ_C (x̃ − x̂)² averaged over tokens, in normalised units."""
     aux: float
@@ -168,26 +168,28 @@ def train_step(
     gather = coll.kth_largest if coll.active else None
     global_batch = next(iter(batch.values())).shape[0]
     out = model(local, k=k, kernels=cfg.kernels, gather=gather, global_batch=global_batch)
-    err_BC = out.x_BC - out.recon_BC
-    mse = err_BC.pow(2).sum() / out.x_BC.shape[0]
+    x = out.x_BC
+    with torch.no_grad():  # the global batch's token count, Σx and Σ‖x‖² (one all-reduce)
+        moments = coll.sum_(
+            torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), x.pow(2).sum()[None]]).double()
+        )
+    n_global, sum_x, sq_x = float(moments[0]), moments[1:-1], float(moments[-1])
+    variance = max(sq_x - float(sum_x.pow(2).sum()) / n_global, 1e-30) / n_global
+    err_BC = x - out.recon_BC
+    mse = err_BC.pow(2).sum() / x.shape[0]
     dead_L = state.tokens_since_fired >= cfg.dead_tokens
     aux_k = cfg.aux_k or max(model.cfg.d_models) // 2
     aux = cfg.aux_coeff * aux_k_loss(model, out, dead_L, aux_k, coll, cfg.kernels)
-    loss = mse + aux
+    # reconstruction in units of the batch's variance (FVU), so aux-k's weight means what it
+    # means in Gao et al. (2024), where both terms are normalised
+    recon = mse
     if model.cfg.sparsity_coeff:
-        loss = loss + sparsity_penalty(model, out)
+        recon = recon + sparsity_penalty(model, out)
+    loss = recon / variance + aux
     with torch.no_grad():
-        x = out.x_BC
-        scalars = [loss, mse, aux, mse * x.shape[0], x.pow(2).sum()]
-        counts = [x.shape[0], out.pattern.rows_N.numel()]
+        scalars = torch.stack([v.detach().double() for v in (loss, mse, aux)])
         logged = coll.sum_(
-            torch.cat(
-                [
-                    torch.stack([v.detach().double() for v in scalars]),
-                    torch.tensor(counts, dtype=torch.float64),
-                    x.sum(0).double(),
-                ]
-            )
+            torch.cat([scalars, torch.tensor([out.pattern.rows_N.numel()], dtype=torch.float64)])
         )
     loss_g, mse_g, aux_g = (float(v) / coll.world for v in logged[:3])
     if not math.isfinite(loss_g):
@@ -204,7 +206,7 @@ def train_step(
     with torch.no_grad():
         fired = torch.bincount(out.pattern.cols_N, minlength=model.cfg.dict_size)
         fired = coll.sum_(fired.to(torch.float64)) > 0
-        n_tokens = int(logged[5])
+        n_tokens = int(n_global)
         state.tokens_since_fired += n_tokens
         state.tokens_since_fired[fired] = 0
         t = out.batch_threshold
@@ -212,16 +214,14 @@ def train_step(
             # early steps average over fewer batches: θ must not lag the fast-moving start
             decay = min(cfg.threshold_decay, (1 + state.step) / (10 + state.step))
             model.threshold.fill_(decay * float(model.threshold) + (1 - decay) * t)
-    sq_err, sq_x, n = float(logged[3]), float(logged[4]), float(logged[5])
-    total_var = sq_x - float(logged[7:].pow(2).sum()) / n
     state.step += 1
     return StepStats(
         step=state.step,
         loss=loss_g,
         mse=mse_g,
         aux=aux_g,
-        fve=1 - sq_err / max(total_var, 1e-30),
-        l0=float(logged[6]) / n,
+        fve=1 - mse_g / variance,
+        l0=float(logged[3]) / n_global,
         dead_fraction=float(dead_L.float().mean()),
         lr=lr,
         k=k,
