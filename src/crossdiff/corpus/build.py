@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from crossdiff.config import to_dict
 from crossdiff.corpus.config import CorpusConfig
 from crossdiff.corpus.packing import pack, token_stream
@@ -25,6 +23,7 @@ from crossdiff.corpus.sources import CorpusSource, Document, parse_source_spec
 from crossdiff.corpus.tokenizer import load_tokenizer, train_bpe_tokenizer
 from crossdiff.errors import ConfigError, unknown_choice
 from crossdiff.plugins import CrossdiffPluginManager, collect, create_plugin_manager
+from crossdiff.progress import progress_bar
 from crossdiff.stages import atomic_directory, is_complete, read_manifest, write_manifest
 
 SPLITS = ("train", "validation")
@@ -137,7 +136,7 @@ def _write_documents(
     stats: dict[str, dict[str, Any]] = {}
     seen: set[str] = set()
     for source in resolve_sources(config, manager):
-        documents = tqdm(source.documents(), desc=f"reading {source.domain}", unit=" docs")
+        documents = progress_bar(source.documents(), desc=f"reading {source.domain}", unit=" docs")
         split = split_documents(documents, source.domain, config, seen)
         for name in SPLITS:
             for document in getattr(split, name):
@@ -193,7 +192,7 @@ def _write_sequences(config: CorpusConfig, out_dir: Path) -> dict[str, dict[str,
         blocks, labels = [], []
         for domain in config.domains:
             texts = (t for t, d in zip(data["text"], data["domain"], strict=True) if d == domain)
-            stream = tqdm(
+            stream = progress_bar(
                 token_stream(texts, tokenizer),
                 desc=f"tokenising {domain} {split}",
                 unit=" docs",

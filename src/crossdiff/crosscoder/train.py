@@ -27,6 +27,7 @@ from crossdiff.crosscoder.sparse import (
     sparse_decode,
 )
 from crossdiff.errors import CrossdiffError
+from crossdiff.progress import progress_bar
 from crossdiff.runtime import retain_freed_memory
 from crossdiff.stages import atomic_directory
 
@@ -353,6 +354,4 @@ def _checkpoint(
 def _progress(cfg: TrainConfig, initial: int, coll: Collectives):
     if not cfg.progress or coll.rank != 0:
         return None
-    from tqdm import tqdm
-
-    return tqdm(total=cfg.steps, initial=initial, desc="crosscoder", unit="step")
+    return progress_bar(total=cfg.steps, initial=initial, desc="crosscoder", unit="step")

@@ -20,6 +20,7 @@ from crossdiff.adapters import ModelAdapter
 from crossdiff.config import to_dict
 from crossdiff.corpus import PackedSequences
 from crossdiff.errors import ConfigError, StageError
+from crossdiff.progress import progress_bar
 from crossdiff.runtime import retain_freed_memory
 from crossdiff.stages import read_manifest, write_manifest
 from crossdiff.store.capture import PairedSites, capture_rows, resolve_sites, row_metadata
@@ -204,12 +205,10 @@ def _write_shards(
     alignments: Mapping[str, np.ndarray] | None,
     progress: bool,
 ) -> None:
-    from tqdm.auto import tqdm
-
     domain_index = {d: i for i, d in enumerate(domains)}
     dtype = getattr(torch, TORCH_DTYPES[config.dtype])
     per_seq = sequences.input_ids.shape[1] - int(config.drop_first_position)
-    bar = tqdm(
+    bar = progress_bar(
         total=len(order) * per_seq,
         initial=(len(order) - sum(len(_shard_rows(order, i, config)) for i in todo)) * per_seq,
         unit="tok",
