@@ -45,7 +45,7 @@ class StepStats:
 
     step: int
     loss: float
-    """Total loss: (reconstruction + optional sparsity) / batch variance + aux-k."""
+    """Total loss: reconstruction + optional sparsity + aux-k × the batch's variance."""
     mse: float
     """Σ_C (x̃ − x̂)² averaged over tokens, in normalised units."""
     aux: float
@@ -181,12 +181,14 @@ def train_step(
     dead_L = state.tokens_since_fired >= cfg.dead_tokens
     aux_k = cfg.aux_k or max(model.cfg.d_models) // 2
     aux = cfg.aux_coeff * aux_k_loss(model, out, dead_L, aux_k, coll, cfg.kernels)
-    # reconstruction in units of the batch's variance (FVU), so aux-k's weight means what it
-    # means in Gao et al. (2024), where both terms are normalised
+    # aux-k is a normalised loss (≈ 1) while the reconstruction is in squared units (≈ V × FVU):
+    # weighting aux by V makes the loss V × (FVU + α·aux), so α = 1/32 weighs what it does in
+    # Gao et al. (2024). Multiplying aux rather than dividing the rest keeps the gradients at
+    # their natural size, where Adam's ε is negligible.
     recon = mse
     if model.cfg.sparsity_coeff:
         recon = recon + sparsity_penalty(model, out)
-    loss = recon / variance + aux
+    loss = recon + aux * variance
     with torch.no_grad():
         scalars = torch.stack([v.detach().double() for v in (loss, mse, aux)])
         logged = coll.sum_(
