@@ -86,3 +86,29 @@ def test_module_entry_point_runs() -> None:
         [sys.executable, "-m", "crossdiff", "--version"], capture_output=True, text=True, env=env
     )
     assert result.stdout.startswith("crossdiff ")
+
+
+def test_train_crosscoder_offers_every_stage_setting_and_passes_it_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    from crossdiff.crosscoder import stage
+
+    seen = {}
+
+    def fake_stage(store, out, config, **kwargs):
+        seen["config"] = config
+        return {}
+
+    monkeypatch.setattr(stage, "train_crosscoder_stage", fake_stage)
+    fields = [f.name for f in dataclasses.fields(stage.CrosscoderStageConfig)]
+    args = ["train-crosscoder", "--acts", str(tmp_path), "--out", str(tmp_path / "o")]
+    main([*args, "--sparsity-coeff", "0.25", "--aux-coeff", "0.5", "--k-start", "40"])
+    config = seen["config"]
+    assert (config.sparsity_coeff, config.aux_coeff, config.k_start) == (0.25, 0.5, 40.0)
+    assert config.dead_tokens == stage.CrosscoderStageConfig().dead_tokens  # dataclass default
+    help_text = build_parser()._subparsers._group_actions[0].choices["train-crosscoder"]
+    flags = {option for action in help_text._actions for option in action.option_strings}
+    missing = [n for n in fields if n != "progress" and f"--{n.replace('_', '-')}" not in flags]
+    assert missing == []

@@ -7,6 +7,33 @@ import json
 from pathlib import Path
 
 from crossdiff.cli.options import parse_assignments
+from crossdiff.crosscoder.stage import CrosscoderStageConfig
+
+STAGE_OPTIONS: tuple[tuple[str, type, str], ...] = (
+    ("expansion", int, "latents per largest d_model"),
+    ("dict_size", int, "latents (overrides --expansion)"),
+    ("k", float, "active latents per token (default: d_model/8)"),
+    ("n_shared", int, "designated shared latents"),
+    ("steps", int, "optimiser steps"),
+    ("batch_size", int, "tokens per step"),
+    ("lr", float, "peak learning rate"),
+    ("dead_tokens", int, "a latent is dead after this many tokens without firing"),
+    ("aux_coeff", float, "weight of the aux-k loss"),
+    ("k_start", float, "anneal k from this value"),
+    ("k_anneal_steps", int, "steps of the k annealing"),
+    ("sparsity_coeff", float, "λ of the decoder-norm sparsity term (0: off)"),
+    ("shared_sparsity_ratio", float, "that term's weight on the designated shared latents"),
+    ("checkpoint_every", int, "steps between checkpoints"),
+    ("eval_shards", int, "last shards held out"),
+    ("ce_sequences", int, "held-out sequences for CE recovered"),
+    ("seed", int, "seed of the initialisation and batch order"),
+)
+"""``CrosscoderStageConfig`` fields offered as ``--flags`` (defaults come from the dataclass)."""
+
+
+def _help(name: str, text: str) -> str:
+    default = CrosscoderStageConfig.__dataclass_fields__[name].default
+    return text if default is None else f"{text} (default: {default:g})"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -25,39 +52,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--site", action="append", default=[], metavar="MODEL=SITE",
         help="the site of a model with several in the store (repeat)",
     )  # fmt: skip
-    cmd.add_argument("--expansion", type=int, default=16, help="latents per largest d_model")
-    cmd.add_argument("--dict-size", type=int, help="latents (overrides --expansion)")
-    cmd.add_argument("--k", type=float, help="active latents per token (default d_model/8)")
-    cmd.add_argument("--n-shared", type=int, default=0, help="designated shared latents")
-    cmd.add_argument("--steps", type=int, default=2000)
-    cmd.add_argument("--batch-size", type=int, default=1024)
-    cmd.add_argument("--lr", type=float, default=1e-3)
-    cmd.add_argument("--dead-tokens", type=int, default=1_000_000)
-    cmd.add_argument("--checkpoint-every", type=int, default=500)
-    cmd.add_argument("--eval-shards", type=int, default=1, help="last shards held out")
-    cmd.add_argument("--ce-sequences", type=int, default=32, help="held-out sequences for CE")
-    cmd.add_argument("--seed", type=int, default=0)
+    for name, kind, text in STAGE_OPTIONS:
+        cmd.add_argument(f"--{name.replace('_', '-')}", type=kind, help=_help(name, text))
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmd.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume), evaluate on the held-out shards, and write OUT/metrics.json."""
-    from crossdiff.crosscoder.stage import CrosscoderStageConfig, train_crosscoder_stage
+    from crossdiff.crosscoder.stage import train_crosscoder_stage
 
+    given = {name: getattr(args, name) for name, _, _ in STAGE_OPTIONS}
     config = CrosscoderStageConfig(
-        expansion=args.expansion,
-        dict_size=args.dict_size,
-        k=args.k,
-        n_shared=args.n_shared,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        dead_tokens=args.dead_tokens,
-        checkpoint_every=args.checkpoint_every,
-        eval_shards=args.eval_shards,
-        ce_sequences=args.ce_sequences,
-        seed=args.seed,
+        **{name: value for name, value in given.items() if value is not None},
         progress=not args.no_progress,
     )
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None

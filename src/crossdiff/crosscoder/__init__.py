@@ -8,7 +8,26 @@ Shape letters used in every module of this package (suffixes such as ``W_enc_CL`
 
 from __future__ import annotations
 
-from crossdiff.crosscoder.config import CrosscoderConfig, TrainConfig
-from crossdiff.crosscoder.model import Crosscoder, ForwardOutput
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from crossdiff.crosscoder.config import CrosscoderConfig, TrainConfig
+    from crossdiff.crosscoder.model import Crosscoder, ForwardOutput
+
+_HOMES = {
+    "Crosscoder": "crossdiff.crosscoder.model",
+    "ForwardOutput": "crossdiff.crosscoder.model",
+    "CrosscoderConfig": "crossdiff.crosscoder.config",
+    "TrainConfig": "crossdiff.crosscoder.config",
+}
+"""Where each public name lives; imported on first use, so that importing a torch-free module
+of this package (``stage``'s config, for the command line) does not load torch."""
 
 __all__ = ["Crosscoder", "CrosscoderConfig", "ForwardOutput", "TrainConfig"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_HOMES[name]), name)

@@ -35,8 +35,9 @@ class CrosscoderStageConfig:
     """Tokens per step."""
     lr: float = 1e-3
     """Peak learning rate."""
-    dead_tokens: int = 1_000_000
-    """A latent is dead after this many training tokens without firing."""
+    dead_tokens: int = 100_000
+    """A latent is dead after this many training tokens without firing (100k let aux-k revive
+    every latent of the quickstart; long GPU runs use millions)."""
     aux_coeff: float = 1 / 32
     """Weight of the aux-k loss that revives dead latents."""
     k_start: float | None = None
