@@ -171,8 +171,10 @@ def train_step(
     out = model(local, k=k, kernels=cfg.kernels, gather=gather, global_batch=global_batch)
     x = out.x_BC
     with torch.no_grad():  # the global batch's token count, Σx and Σ‖x‖² (one all-reduce)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))  # no copy for fp32/fp64
+        count = torch.tensor([x.shape[0]], dtype=torch.float64, device=x.device)
         moments = coll.sum_(
-            torch.cat([x.new_tensor([x.shape[0]]), x.sum(0), x.pow(2).sum()[None]]).double()
+            torch.cat([count, wide.sum(0).double(), wide.pow(2).sum()[None].double()])
         )
     n_global, sum_x, sq_x = float(moments[0]), moments[1:-1], float(moments[-1])
     variance = max(sq_x - float(sum_x.pow(2).sum()) / n_global, 1e-30) / n_global
