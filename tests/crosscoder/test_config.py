@@ -49,6 +49,8 @@ def test_different_widths_without_shared_block_are_fine() -> None:
         ({"decay_start": 1.5}, "decay_start"),
         ({"kernels": "fast"}, "kernels"),
         ({"threshold_decay": 1.0}, "threshold_decay"),
+        ({"aux_coeff": -0.5}, "aux_coeff must be >= 0, got -0.5"),
+        ({"aux_coeff": float("nan")}, "aux_coeff"),
     ],
 )
 def test_bad_train_configs(overrides: dict, message: str) -> None:

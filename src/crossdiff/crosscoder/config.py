@@ -123,6 +123,8 @@ class TrainConfig:
             raise ConfigError("warmup_steps, k_anneal_steps and checkpoint_every must be >= 0")
         if not 0 <= self.decay_start <= 1 or not 0 <= self.lr_end_fraction <= 1:
             raise ConfigError("decay_start and lr_end_fraction must be in [0, 1]")
+        if not self.aux_coeff >= 0:
+            raise ConfigError(f"aux_coeff must be >= 0, got {self.aux_coeff}")
         if self.aux_k is not None and self.aux_k < 1:
             raise ConfigError(f"aux_k must be positive, got {self.aux_k}")
         if self.k_start is not None and self.k_start <= 0:
