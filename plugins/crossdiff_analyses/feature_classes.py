@@ -1,7 +1,8 @@
 """``feature_classes``: which latents are shared and which belong to one model only.
 
 Convention: for models A and B (the crosscoder's first two, in config order),
-r_i = ‖d_i^B‖ / (‖d_i^A‖ + ‖d_i^B‖) from decoder norms in each model's own units; ``A_only`` if
+r_i = ‖d_i^B‖ / (‖d_i^A‖ + ‖d_i^B‖) from decoder norms in the crosscoder's normalised space (each
+model's activations scaled to E‖x̃‖² = D: ``crossdiff.crosscoder.classes``); ``A_only`` if
 r < 0.1, ``B_only`` if r > 0.9, ``shared`` in between. Designated shared latents (the tied block)
 have r = 0.5 by construction; other shared latents are "emergent".
 
@@ -9,9 +10,10 @@ Latent scaling (after Minder et al. 2025): for each latent and model, β_i^m is 
 scale of the unit decoder direction d̂_i^m that best explains, on held-out tokens where the latent
 fires, what is left of model m's activation once the other latents are decoded:
 β_i^m = Σ_t f_i(t)·⟨d̂_i^m, x_t^m − x̂_t^m + f_i(t)d_i^m⟩ / Σ_t f_i(t)². The scaled ratio
-ν_i = β_i^B / (β_i^A + β_i^B) (β clamped at 0) says how the latent would split if each decoder
-were free to take its best norm. An exclusive latent whose ν falls in the shared band is flagged:
-its small decoder norm in the other model is an artefact of the sparsity pressure, not absence.
+ν_i = β_i^B / (β_i^A + β_i^B) (β clamped at 0, both in the normalised space) says how the latent
+would split if each decoder were free to take its best norm. An exclusive latent whose ν falls
+in the shared band is flagged: its small decoder norm in the other model is an artefact of the
+sparsity pressure, not absence.
 (The models are trained separately, so a latent's direction in one model says nothing about the
 other's basis: ν uses each model's own direction, unlike the base/chat setting of the paper.)
 """
@@ -25,7 +27,11 @@ import torch
 
 from crossdiff.analysis import AnalysisResult, RunContext
 from crossdiff.crosscoder import Crosscoder
-from crossdiff.crosscoder.classes import latent_classes, raw_decoder_norms, relative_decoder_norm
+from crossdiff.crosscoder.classes import (
+    latent_classes,
+    latent_decoder_norms,
+    relative_decoder_norm,
+)
 from crossdiff.figures import new_figure, save_figure
 from crossdiff.latents import iter_store_batches, scan_latents
 from crossdiff_analyses._inputs import heldout_store, load_crosscoder
@@ -89,27 +95,27 @@ def decoder_cosines(crosscoder: Crosscoder) -> torch.Tensor:
 
 @torch.no_grad()
 def latent_scaling(crosscoder: Crosscoder, batches) -> torch.Tensor:
-    """``[L, M]`` β_i^m (see the module docstring), from ``(activations, meta)`` batches."""
-    norms_LM = raw_decoder_norms(crosscoder).double()
-    W_dec_LC = crosscoder.decoder_weights().detach().double()
-    scales = crosscoder.input_scale_M.double()
+    """``[L, M]`` β_i^m in the normalised space (see the module docstring), from
+    ``(activations, meta)`` batches."""
+    norms_LM = latent_decoder_norms(crosscoder)
+    W_dec_LC = crosscoder.decoder_weights().detach().double().cpu()
+    scales = crosscoder.input_scale_M.detach().double().cpu()
     parts = torch.split(W_dec_LC, list(crosscoder.cfg.d_models), dim=1)
     units = [p / p.norm(dim=1, keepdim=True).clamp_min(1e-30) for p in parts]
     n_models = len(crosscoder.cfg.models)
     numerator_LM = torch.zeros(crosscoder.cfg.dict_size, n_models, dtype=torch.float64)
     denominator_L = torch.zeros(crosscoder.cfg.dict_size, dtype=torch.float64)
     for acts, _ in batches:
-        f_BL = crosscoder.encode(acts).double()
-        recon = crosscoder.decode(f_BL.float())
-        denominator_L += (f_BL**2).sum(0)
+        f_BL = crosscoder.encode(acts)
+        recon = crosscoder.decode(f_BL)
+        f_BL = f_BL.double().cpu()
+        f2_L = (f_BL**2).sum(0)
+        denominator_L += f2_L
         for m, model in enumerate(crosscoder.cfg.models):
-            residual_BD = (acts[model] - recon[model]).double() * scales[m]  # scaled units
+            residual_BD = (acts[model].double().cpu() - recon[model].double().cpu()) * scales[m]
             along_BL = residual_BD @ units[m].T
-            numerator_LM[:, m] += (f_BL * along_BL).sum(0) + (f_BL**2).sum(0) * norms_LM[
-                :, m
-            ] * scales[m]
-    beta_LM = numerator_LM / denominator_L[:, None].clamp_min(1e-30)
-    return beta_LM / scales[None, :]  # back to each model's own units
+            numerator_LM[:, m] += (f_BL * along_BL).sum(0) + f2_L * norms_LM[:, m]
+    return numerator_LM / denominator_L[:, None].clamp_min(1e-30)
 
 
 def scaling_summary(

@@ -34,11 +34,12 @@ def numpy_reference(model: Crosscoder, xs: dict[str, np.ndarray]) -> dict[str, o
     y = f @ W_dec + sd["b_dec_C"]
     out, num, den = {}, 0.0, 0.0
     for i, n in enumerate(names):
-        recon = y[:, cuts[i] : cuts[i + 1]] / sd["input_scale_M"][i]
-        e_var = np.var(xs[n] - recon, axis=0).sum()
-        x_var = np.var(xs[n], axis=0).sum()
-        out[n] = 1 - e_var / x_var
-        num, den = num + e_var, den + x_var
+        s = sd["input_scale_M"][i]
+        recon = y[:, cuts[i] : cuts[i + 1]] / s
+        sse = ((xs[n] - recon) ** 2).sum()  # plain squared error, not the error's variance
+        sst = ((xs[n] - xs[n].mean(axis=0)) ** 2).sum()
+        out[n] = 1 - sse / sst
+        num, den = num + s**2 * sse, den + s**2 * sst  # pooled: the normalised space
     return {"fve": out, "pooled": 1 - num / den, "l0": (f > 0).sum(1).mean(),
             "dead": 1 - (f > 0).any(0).mean()}  # fmt: skip
 
@@ -60,6 +61,48 @@ def test_fve_l0_dead_match_numpy_float64(dims: tuple[int, int], n_shared: int) -
     assert got.l0 == pytest.approx(ref["l0"], abs=1e-9)
     assert got.dead_fraction == pytest.approx(ref["dead"], abs=1e-9)
     assert evaluate(model, held_out, max_tokens=150).n_tokens == 150
+
+
+def test_fve_sees_a_constant_offset_in_the_reconstruction() -> None:
+    """Shifting one model's decoder bias adds a constant offset to its reconstruction: the FVE
+    must drop by the offset's share (plain squared error), as a float64 recomputation says, while
+    the variance of the error (the old formula) would not move at all."""
+    source = planted(d=(12, 12), noise=0.1)
+    model = small_crosscoder(d_models=(12, 12), n_shared=4)
+    train(model, source.batches(64, 100, seed=0), TrainConfig(steps=100, lr=3e-3, warmup_steps=5))
+    held_out = list(source.batches(100, 5, seed=9))
+    before = evaluate(model, held_out)
+    with torch.no_grad():
+        model.b_dec_C[:12] += 0.5
+    got = evaluate(model, held_out)
+    xs = {n: torch.cat([b[n] for b in held_out]).double().numpy() for n in model.cfg.models}
+    ref = numpy_reference(model, xs)
+    assert got.fve["A"] == pytest.approx(ref["fve"]["A"], abs=1e-6)
+    assert got.fve_pooled == pytest.approx(ref["pooled"], abs=1e-6)
+    assert got.fve["B"] == pytest.approx(before.fve["B"], abs=1e-9)
+    assert got.fve["A"] < before.fve["A"] - 0.05  # the offset is not forgiven
+
+
+def test_training_log_and_evaluation_report_the_same_fve_on_the_same_batch() -> None:
+    """With the inference threshold just under the batch's BatchTopK threshold, evaluation
+    selects the latents the training step selects: their FVEs (pooled, normalised) must agree."""
+    from crossdiff.crosscoder.distributed import Collectives
+    from crossdiff.crosscoder.train import TrainState, make_optimizer, train_step
+
+    source = planted(d=(12, 20), noise=0.1)
+    model = small_crosscoder(d_models=(12, 20), n_shared=0)
+    train(model, source.batches(64, 60, seed=0), TrainConfig(steps=60, lr=3e-3, warmup_steps=5))
+    batch = next(iter(source.batches(256, 1, seed=5)))
+    with torch.no_grad():
+        model.b_dec_C[:12] += 0.3  # an offset, so that the two old formulas would disagree
+    t = torch.tensor(model(batch).batch_threshold, dtype=torch.float32)
+    model.threshold.fill_(float(t.nextafter(torch.tensor(0.0))))
+    evaluated = evaluate(model, [batch])
+    assert evaluated.l0 == pytest.approx(model.cfg.k, abs=1e-9)  # the same selection
+    cfg = TrainConfig(steps=1, lr=1e-3, warmup_steps=0)
+    state = TrainState(tokens_since_fired=torch.zeros(model.cfg.dict_size, dtype=torch.long))
+    stats = train_step(model, make_optimizer(model, cfg), batch, state, cfg, Collectives())
+    assert stats.fve == pytest.approx(evaluated.fve_pooled, abs=1e-5)
 
 
 def test_fve_is_not_the_per_token_average() -> None:

@@ -27,13 +27,21 @@ STAGE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("eval_shards", int, "last shards held out"),
     ("ce_sequences", int, "held-out sequences for CE recovered"),
     ("seed", int, "seed of the initialisation and batch order"),
+    ("device", str, "auto, cpu, cuda or cuda:N"),
+    ("dtype", str, "fp32, bf16 or fp16"),
 )
 """``CrosscoderStageConfig`` fields offered as ``--flags`` (defaults come from the dataclass)."""
 
 
 def _help(name: str, text: str) -> str:
     default = CrosscoderStageConfig.__dataclass_fields__[name].default
-    return text if default is None else f"{text} (default: {default:g})"
+    if default is None:
+        return text
+    return (
+        f"{text} (default: {default:g})"
+        if isinstance(default, float | int)
+        else (f"{text} (default: {default})")
+    )
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

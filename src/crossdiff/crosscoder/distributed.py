@@ -17,10 +17,30 @@ import torch.distributed as dist
 from crossdiff.errors import ConfigError
 
 
-def init_distributed() -> None:
-    """Join the ``torchrun`` process group if launched by it (gloo on CPU, nccl on GPU)."""
+def process_device(device: str = "auto") -> torch.device:
+    """The device this process trains on: ``auto`` is CUDA where present, else the CPU; a bare
+    ``cuda`` under ``torchrun`` is this process's GPU (``cuda:LOCAL_RANK``)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return resolved
+
+
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for tensors on ``device``: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def init_distributed(device: torch.device | None = None) -> None:
+    """Join the ``torchrun`` process group if launched by it, with the backend that fits the
+    device the tensors live on (gloo for CPU tensors even where CUDA is present)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        device = device or torch.device("cpu")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend_for(device))
 
 
 def finish_distributed() -> None:

@@ -1,8 +1,12 @@
 """Held-out evaluation: FVE per model and pooled, inference L0, dead latents, CE recovered.
 
-FVE_m = 1 − Σ_d Var(x_d − x̂_d) / Σ_d Var(x_d), variances over the held-out tokens per dimension
-(accumulated in float64), in model m's own units; the pooled FVE sums numerator and denominator
-over every model's dimensions. The per-token ratio average (a biased "legacy" form) is NOT used.
+FVE_m = 1 − Σ_t ‖x_t − x̂_t‖² / Σ_t ‖x_t − x̄‖², x̄ the mean of the evaluated tokens, sums in
+float64 (:class:`FVESums`). The error term is the plain squared error: a reconstruction that is off
+by a constant offset loses the offset's share (a variance of the error would forgive it). FVE_m
+does not depend on model m's units. The pooled FVE sums numerator and denominator over every
+model in the crosscoder's normalised space (each model scaled by its input scale s_m), the space
+the training log reports in, so both report the same number on the same batch. The per-token
+ratio average (a biased "legacy" form) is NOT used.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class EvalResult:
     fve: dict[str, float]
     """Fraction of variance explained per model."""
     fve_pooled: float
-    """FVE over every model's dimensions together (own units)."""
+    """FVE over every model's dimensions together, in the crosscoder's normalised space."""
     l0: float
     """Mean active latents per token with the inference threshold."""
     dead_fraction: float
@@ -38,23 +42,40 @@ class EvalResult:
         return asdict(self)
 
 
-class _Moments:
-    """Streaming float64 Σ and Σ² per dimension."""
+class FVESums:
+    """Streaming float64 sums for FVE over tokens: Σ‖x − x̂‖², Σx and Σ‖x‖².
+
+    The one implementation of the FVE formula: evaluation and the training log both use it."""
 
     def __init__(self) -> None:
-        self.n, self.s, self.s2 = 0, 0.0, 0.0
+        self.n = 0
+        self.squared_error = 0.0
+        self.sum_D: torch.Tensor | float = 0.0
+        self.sum_squares = 0.0
 
-    def add(self, x: torch.Tensor) -> None:
-        """Accumulate the rows of ``x`` ``[B, D]``."""
-        x = x.double()
+    def add(self, x_BD: torch.Tensor, recon_BD: torch.Tensor) -> None:
+        """Accumulate the rows of ``x_BD`` and their reconstructions (any device and dtype)."""
+        x = x_BD.detach().double()
+        err = x - recon_BD.detach().to(x.device).double()
         self.n += x.shape[0]
-        self.s = self.s + x.sum(0)
-        self.s2 = self.s2 + x.pow(2).sum(0)
+        self.squared_error += float(err.pow(2).sum())
+        self.sum_D = self.sum_D + x.sum(0).cpu()
+        self.sum_squares += float(x.pow(2).sum())
 
+    @property
     def total_variance(self) -> float:
-        """Σ_d Var(x_d) over the tokens seen."""
-        mean = self.s / self.n
-        return float((self.s2 / self.n - mean.pow(2)).sum())
+        """Σ_t ‖x_t − x̄‖² over the tokens seen."""
+        mean_square = float(torch.as_tensor(self.sum_D).pow(2).sum()) / max(self.n, 1)
+        return max(self.sum_squares - mean_square, 0.0)
+
+    def fve(self) -> float:
+        """1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²."""
+        return fve_from(self.squared_error, self.total_variance)
+
+
+def fve_from(squared_error: float, total_variance: float) -> float:
+    """FVE from its two sums (NaN when the tokens have no variance)."""
+    return 1 - squared_error / total_variance if total_variance > 0 else float("nan")
 
 
 @torch.no_grad()
@@ -62,8 +83,7 @@ def evaluate(
     model: Crosscoder, batches: Iterable[Mapping[str, torch.Tensor]], max_tokens: int | None = None
 ) -> EvalResult:
     """FVE, inference L0 and dead fraction over ``batches`` (up to ``max_tokens`` tokens)."""
-    x_mom = {m: _Moments() for m in model.cfg.models}
-    e_mom = {m: _Moments() for m in model.cfg.models}
+    sums = {m: FVESums() for m in model.cfg.models}
     fired = torch.zeros(model.cfg.dict_size, dtype=torch.bool)
     active, n = 0, 0
     for batch in batches:
@@ -74,19 +94,20 @@ def evaluate(
         latents_BL = model.encode(batch)
         recon = model.decode(latents_BL)
         for m in model.cfg.models:
-            x_mom[m].add(batch[m])
-            e_mom[m].add(batch[m].double() - recon[m].double())
+            sums[m].add(batch[m], recon[m])
         nz_BL = latents_BL > 0
         fired |= nz_BL.any(0).cpu()
         active += int(nz_BL.sum())
         n += latents_BL.shape[0]
     if n == 0:
         raise ConfigError("evaluation got no held-out tokens")
-    var_x = {m: x_mom[m].total_variance() for m in model.cfg.models}
-    var_e = {m: e_mom[m].total_variance() for m in model.cfg.models}
+    scale2 = {m: float(s) ** 2 for m, s in zip(model.cfg.models, model.input_scale_M, strict=True)}
     return EvalResult(
-        fve={m: 1 - var_e[m] / var_x[m] for m in model.cfg.models},
-        fve_pooled=1 - sum(var_e.values()) / sum(var_x.values()),
+        fve={m: sums[m].fve() for m in model.cfg.models},
+        fve_pooled=fve_from(
+            sum(scale2[m] * sums[m].squared_error for m in sums),
+            sum(scale2[m] * sums[m].total_variance for m in sums),
+        ),
         l0=active / n,
         dead_fraction=1 - float(fired.double().mean()),
         n_tokens=n,

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from crossdiff.checkpoints import load_tensors
 from crossdiff.config import from_dict, to_dict
 from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.sparse import (
@@ -124,7 +125,8 @@ class Crosscoder(nn.Module):
     # ------------------------------------------------------------------ inputs
 
     def concat_inputs(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Check ``batch`` (model name -> ``[B, D_m]``) and return normalised ``x_BC``."""
+        """Check ``batch`` (model name -> ``[B, D_m]``) and return normalised ``x_BC`` on the
+        crosscoder's device, in its dtype."""
         missing = [m for m in self.cfg.models if m not in batch]
         if missing:
             raise ConfigError(
@@ -141,7 +143,8 @@ class Crosscoder(nn.Module):
             if n is not None and x.shape[0] != n:
                 raise ConfigError(f"models have different batch sizes: {n} and {x.shape[0]}")
             n = x.shape[0]
-            parts.append(x.detach().to(self.b_enc_L.dtype) * self.input_scale_M[m])
+            x = x.detach().to(device=self.b_enc_L.device, dtype=self.b_enc_L.dtype)
+            parts.append(x * self.input_scale_M[m])
         return torch.cat(parts, dim=1)
 
     def split_outputs(self, y_BC: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -262,7 +265,7 @@ class Crosscoder(nn.Module):
             raise ConfigError(f"{str(path)!r} has no {CONFIG_FILE} + {WEIGHTS_FILE} crosscoder")
         cfg = from_dict(CrosscoderConfig, json.loads((path / CONFIG_FILE).read_text()), "cfg.json")
         model = cls(cfg)
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+        model.load_state_dict(load_tensors(path / WEIGHTS_FILE))
         return model.to(device)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from crossdiff.errors import ConfigError
+from crossdiff.errors import ConfigError, unknown_choice
 
 WEIGHTS_DIR = "crosscoder"
 """Subdirectory of the stage holding the trained crosscoder (``cfg.json`` + safetensors)."""
@@ -58,6 +58,11 @@ class CrosscoderStageConfig:
     """Seed of the initialisation and of the batch order."""
     progress: bool = True
     """Show a progress bar with live FVE, L0 and dead fraction."""
+    device: str = "auto"
+    """Where to train and evaluate: ``auto`` (CUDA where present, else CPU), ``cpu``, ``cuda``,
+    ``cuda:N``; under ``torchrun`` a bare ``cuda`` is each process's own GPU."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """The crosscoder's parameter and compute dtype (sums of FVE and moments stay ≥ fp32)."""
 
     def __post_init__(self) -> None:
         for name in ("expansion", "steps", "batch_size", "dead_tokens", "eval_shards"):
@@ -66,6 +71,21 @@ class CrosscoderStageConfig:
                 raise ConfigError(f"crosscoder {name} must be a positive integer, got {value!r}")
         if self.lr <= 0:
             raise ConfigError(f"crosscoder lr must be positive, got {self.lr!r}")
+        if self.dtype not in DTYPES:
+            raise unknown_choice("crosscoder dtype", str(self.dtype), DTYPES)
+        if not (self.device == "auto" or _is_device(self.device)):
+            raise ConfigError(
+                f"crosscoder device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
+            )
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Crosscoder dtypes by their config name -> torch's name."""
+
+
+def _is_device(name: str) -> bool:
+    kind, _, index = name.partition(":")
+    return kind in ("cpu", "cuda") and (index == "" or index.isdigit())
 
 
 def train_crosscoder_stage(
@@ -84,9 +104,16 @@ def train_crosscoder_stage(
     """
     import json
 
+    import torch
+
     from crossdiff.config import to_dict
     from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
-    from crossdiff.crosscoder.distributed import Collectives, finish_distributed, init_distributed
+    from crossdiff.crosscoder.distributed import (
+        Collectives,
+        finish_distributed,
+        init_distributed,
+        process_device,
+    )
     from crossdiff.crosscoder.evaluate import evaluate
     from crossdiff.crosscoder.train import train
     from crossdiff.stages import atomic_write_json, is_complete, write_manifest
@@ -132,11 +159,13 @@ def train_crosscoder_stage(
         "sites": sites,
         "batch_size": config.batch_size,
         "train_shards": len(train_shards),
+        "dtype": config.dtype,
     }
     out = Path(out_dir)
     if is_complete(out, record):
         return json.loads((out / "metrics.json").read_text())
-    init_distributed()
+    device = process_device(config.device)
+    init_distributed(device)
     reader = StoreReader(
         info, config.batch_size, sites=sites, seed=config.seed, normalize=False,
         shards=train_shards, drop_last=True, passes=None,
@@ -149,7 +178,7 @@ def train_crosscoder_stage(
             f"the training shards hold fewer tokens than one batch of {config.batch_size}: "
             "lower the batch size or the held-out shards"
         )
-    model = Crosscoder(cfg)
+    model = Crosscoder(cfg).to(device=device, dtype=getattr(torch, DTYPES[config.dtype]))
     result = train(model, reader, tcfg, out)
     rank = Collectives().rank
     finish_distributed()

@@ -15,9 +15,18 @@ from pathlib import Path
 
 import torch
 
+from crossdiff.checkpoints import (
+    load_json,
+    load_optimizer_,
+    load_tensors,
+    refuse_legacy,
+    save_optimizer,
+    save_tensors,
+)
 from crossdiff.config import to_dict
 from crossdiff.crosscoder.config import TrainConfig
 from crossdiff.crosscoder.distributed import Collectives
+from crossdiff.crosscoder.evaluate import fve_from
 from crossdiff.crosscoder.model import Crosscoder, ForwardOutput
 from crossdiff.crosscoder.sparse import (
     SparsePattern,
@@ -29,10 +38,11 @@ from crossdiff.crosscoder.sparse import (
 from crossdiff.errors import CrossdiffError
 from crossdiff.progress import progress_bar
 from crossdiff.runtime import retain_freed_memory
-from crossdiff.stages import atomic_directory
+from crossdiff.stages import atomic_directory, atomic_write_json
 
 CHECKPOINT_DIR = "checkpoint"
-TRAINER_FILE = "trainer.pt"
+TRAINER_TENSORS = "trainer.safetensors"
+TRAINER_STATE = "trainer_state.json"
 
 
 class TrainingError(CrossdiffError):
@@ -51,7 +61,8 @@ class StepStats:
     aux: float
     """Weighted aux-k loss."""
     fve: float
-    """Pooled fraction of variance explained on this batch (normalised units)."""
+    """Pooled fraction of variance explained on this batch, in the normalised space: the
+    formula of :class:`~crossdiff.crosscoder.evaluate.FVESums`."""
     l0: float
     """Active latents per token."""
     dead_fraction: float
@@ -149,6 +160,11 @@ def sparsity_penalty(model: Crosscoder, out: ForwardOutput) -> torch.Tensor:
     return cfg.sparsity_coeff * per_entry.sum() / out.x_BC.shape[0]
 
 
+def to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on ``device`` (no copy where they already are)."""
+    return {name: x.to(device, non_blocking=True) for name, x in batch.items()}
+
+
 def _is_finite(batch: Mapping[str, torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(x).all()) for x in batch.values())
 
@@ -192,10 +208,8 @@ def train_step(
         recon = recon + sparsity_penalty(model, out)
     loss = recon + aux * variance
     with torch.no_grad():
-        scalars = torch.stack([v.detach().double() for v in (loss, mse, aux)])
-        logged = coll.sum_(
-            torch.cat([scalars, torch.tensor([out.pattern.rows_N.numel()], dtype=torch.float64)])
-        )
+        n_kept = torch.tensor(out.pattern.rows_N.numel(), dtype=torch.float64, device=x.device)
+        logged = coll.sum_(torch.stack([*(v.detach().double() for v in (loss, mse, aux)), n_kept]))
     loss_g, mse_g, aux_g = (float(v) / coll.world for v in logged[:3])
     if not math.isfinite(loss_g):
         raise TrainingError(
@@ -225,7 +239,7 @@ def train_step(
         loss=loss_g,
         mse=mse_g,
         aux=aux_g,
-        fve=1 - mse_g / variance,
+        fve=fve_from(mse_g, variance),
         l0=float(logged[3]) / n_global,
         dead_fraction=float(dead_L.float().mean()),
         lr=lr,
@@ -246,40 +260,45 @@ def save_checkpoint(
     state: TrainState,
     cfg: TrainConfig,
 ) -> None:
-    """Write ``out_dir/checkpoint`` (weights, Adam state, counters) atomically."""
+    """Write ``out_dir/checkpoint`` (weights, Adam state, counters) atomically, without pickle:
+    ``model/`` (cfg.json + safetensors), ``optimizer.safetensors`` + ``optimizer.json``,
+    ``trainer.safetensors`` (the dead-latent counters) and ``trainer_state.json``."""
     with atomic_directory(out_dir / CHECKPOINT_DIR) as tmp:
         model.save_pretrained(tmp / "model")
-        torch.save(
+        save_optimizer(tmp, optimizer)
+        save_tensors(tmp / TRAINER_TENSORS, {"tokens_since_fired": state.tokens_since_fired})
+        atomic_write_json(
+            tmp / TRAINER_STATE,
             {
-                "optimizer": optimizer.state_dict(),
                 "step": state.step,
                 "batches_consumed": state.batches_consumed,
                 "nan_batches": state.nan_batches,
-                "tokens_since_fired": state.tokens_since_fired,
                 "train_config": to_dict(cfg),
             },
-            tmp / TRAINER_FILE,
         )
 
 
 def load_checkpoint(
     out_dir: Path, model: Crosscoder, optimizer: torch.optim.Optimizer
 ) -> TrainState | None:
-    """Restore a checkpoint written by :func:`save_checkpoint`, or None if there is none."""
+    """Restore a checkpoint written by :func:`save_checkpoint` onto the model's device, or None
+    if there is none. A pickle checkpoint of an older crossdiff is refused by name."""
     ckpt = out_dir / CHECKPOINT_DIR
-    if not (ckpt / TRAINER_FILE).is_file():
+    refuse_legacy(ckpt)
+    if not (ckpt / TRAINER_STATE).is_file():
         return None
     saved = Crosscoder.from_pretrained(ckpt / "model")
     if saved.cfg != model.cfg:
         raise CrossdiffError(f"checkpoint in {str(ckpt)!r} is for a different crosscoder config")
     model.load_state_dict(saved.state_dict())
-    trainer = torch.load(ckpt / TRAINER_FILE, weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
+    load_optimizer_(ckpt, optimizer)
+    trainer = load_json(ckpt / TRAINER_STATE)
+    counters = load_tensors(ckpt / TRAINER_TENSORS)["tokens_since_fired"]
     return TrainState(
         step=trainer["step"],
         batches_consumed=trainer["batches_consumed"],
         nan_batches=trainer["nan_batches"],
-        tokens_since_fired=trainer["tokens_since_fired"],
+        tokens_since_fired=counters.to(model.b_enc_L.device),
     )
 
 
@@ -303,7 +322,9 @@ def train(
     state = load_checkpoint(out, model, optimizer) if out is not None and resume else None
     fresh = state is None
     if state is None:
-        state = TrainState(tokens_since_fired=torch.zeros(model.cfg.dict_size, dtype=torch.long))
+        device = model.b_enc_L.device
+        zeros = torch.zeros(model.cfg.dict_size, dtype=torch.long, device=device)
+        state = TrainState(tokens_since_fired=zeros)
     result = TrainResult(steps=state.step, nan_batches=state.nan_batches)
     stream = itertools.islice(iter(batches), state.batches_consumed, None)
     bar = _progress(cfg, state.step, coll)
@@ -313,6 +334,7 @@ def train(
             result.exhausted = True
             break
         state.batches_consumed += 1
+        batch = to_device(batch, model.b_enc_L.device)
         if not _is_finite(batch):
             state.nan_batches += 1
             if state.nan_batches > cfg.max_nan_batches:

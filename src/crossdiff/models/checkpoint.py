@@ -1,8 +1,9 @@
 """Weights as ``cfg.json`` + ``model.safetensors``; training checkpoints that resume exactly.
 
-A training checkpoint directory holds the weights, ``optimizer.pt`` (AdamW moments and step
-counts), ``rng.pt`` (torch's CPU and CUDA generator states) and ``trainer_state.json`` (step,
-tokens seen, loss history, the training config). It is written to a temporary directory and
+A training checkpoint directory holds the weights, ``optimizer.safetensors`` + ``optimizer.json``
+(AdamW moments, step counts and parameter groups), ``rng.safetensors`` (torch's CPU and CUDA
+generator states) and ``trainer_state.json`` (step, tokens seen, loss history, the training
+config). Nothing is a pickle (``crossdiff.checkpoints``). It is written to a temporary directory and
 renamed into place, so a run killed while saving keeps its previous checkpoint.
 """
 
@@ -23,8 +24,7 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.pt"
-RNG_FILE = "rng.pt"
+RNG_FILE = "rng.safetensors"
 STATE_FILE = "trainer_state.json"
 
 
@@ -49,9 +49,9 @@ def read_model_config(directory: str | Path) -> ModelConfig:
 
 def load_weights_(model: HookedTransformer, directory: str | Path) -> None:
     """Copy the parameters in ``directory/model.safetensors`` into ``model`` (all must match)."""
-    from safetensors.torch import load_file
+    from crossdiff.checkpoints import load_tensors
 
-    tensors = load_file(str(Path(directory) / WEIGHTS_FILE))
+    tensors = load_tensors(Path(directory) / WEIGHTS_FILE)
     params = dict(model.named_parameters())
     missing, unexpected = set(params) - set(tensors), set(tensors) - set(params)
     if missing or unexpected:
@@ -74,15 +74,12 @@ def save_checkpoint(
     state: dict[str, Any],
 ) -> None:
     """Atomically replace the checkpoint at ``directory`` with the current training state."""
-    import torch
+    from crossdiff.checkpoints import save_optimizer, save_rng
 
     with atomic_directory(directory) as tmp:
         save_weights(tmp, model, config)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        rng = {"cpu": torch.random.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save(rng, tmp / RNG_FILE)
+        save_optimizer(tmp, optimizer)
+        save_rng(tmp / RNG_FILE)
         atomic_write_json(tmp / STATE_FILE, state)
 
 
@@ -90,16 +87,14 @@ def load_checkpoint_(
     directory: str | Path, model: HookedTransformer, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
     """Restore weights, optimizer and RNG from ``directory``; return its trainer state."""
-    import torch
+    from crossdiff.checkpoints import load_json, load_optimizer_, load_rng, refuse_legacy
 
     directory = Path(directory)
+    refuse_legacy(directory)
     load_weights_(model, directory)
-    optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True))
-    rng = torch.load(directory / RNG_FILE, weights_only=False)
-    torch.random.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    load_optimizer_(directory, optimizer)
+    load_rng(directory / RNG_FILE)
+    return load_json(directory / STATE_FILE)
 
 
 def has_checkpoint(directory: str | Path) -> bool:
