@@ -311,13 +311,21 @@ def adapt(model: object, manager: CrossdiffPluginManager, tokenizer: Any = None)
     raise ConfigError(f"no adapter handles a {type(model).__name__}; adapters tried: {names}")
 
 
-def load_adapter(name_or_path: str, manager: CrossdiffPluginManager) -> ModelAdapter:
-    """Load ``name_or_path`` with the first loader that recognises it, then :func:`adapt` it."""
+def load_adapter(
+    name_or_path: str, manager: CrossdiffPluginManager, device: str | None = None
+) -> ModelAdapter:
+    """Load ``name_or_path`` with the first loader that recognises it, move it to ``device``
+    (``auto``: CUDA where present; None: where the loader put it), then :func:`adapt` it."""
     loaders = collect(manager.hook.crossdiff_model_loaders())
     for loader in loaders:
         if loader.can_load(name_or_path):
             loaded = loader.load(name_or_path)
-            return adapt(loaded.model, manager, loaded.tokenizer)
+            model = loaded.model
+            if device is not None:
+                from crossdiff.runtime import resolve_device
+
+                model = model.to(resolve_device(device))
+            return adapt(model, manager, loaded.tokenizer)
     names = ", ".join(f.name for f in loaders) or "(none installed)"
     raise ConfigError(f"no model loader recognises {name_or_path!r}; loaders tried: {names}")
 

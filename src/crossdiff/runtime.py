@@ -13,6 +13,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -41,3 +45,25 @@ def retain_freed_memory() -> bool:
     trimmed = mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # never give the heap's top back
     mapped = mallopt(M_MMAP_THRESHOLD, KEEP_BELOW_BYTES)
     return bool(trimmed and mapped)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """The device to work on: ``auto`` is CUDA where present, else the CPU; a bare ``cuda``
+    under ``torchrun`` is this process's own GPU (``cuda:LOCAL_RANK``)."""
+    import os
+
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        from crossdiff.errors import ConfigError
+
+        raise ConfigError(
+            f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N"
+        ) from None
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return resolved

@@ -20,7 +20,7 @@ def stub_loader(monkeypatch, small_corpus: Path) -> dict[str, TinyAdapter]:
     tokenizer = load_tokenizer(small_corpus / "tokenizer")
     loaded: dict[str, TinyAdapter] = {}
 
-    def load(path: str, manager) -> TinyAdapter:
+    def load(path: str, manager, device: str | None = None) -> TinyAdapter:
         model = tiny_transformer(32) if path.endswith("dense") else tiny_transformer(48, moe=True)
         loaded[path] = TinyAdapter(model, VocabTokenizer() if "other" in path else tokenizer)
         return loaded[path]

@@ -55,6 +55,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument("--out", required=True, type=Path, help="store directory to write")
     cmd.add_argument("--config", type=Path, help="TOML file of store settings (StoreConfig)")
     cmd.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="storage precision")
+    cmd.add_argument(
+        "--device", default="auto",
+        help="where the models run: auto (CUDA where present), cpu, cuda, cuda:N (default auto)",
+    )  # fmt: skip
     cmd.add_argument("--split", help="corpus split to harvest (default train)")
     cmd.add_argument("--max-sequences", type=int, help="harvest at most this many sequences")
     cmd.add_argument("--batch-sequences", type=int, help="sequences per forward pass")
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         else None
     )
     manager = create_plugin_manager()
-    adapters = {name: load_adapter(path, manager) for name, path in specs.items()}
+    adapters = {name: load_adapter(path, manager, args.device) for name, path in specs.items()}
     info = harvest(
         adapters,
         sites,

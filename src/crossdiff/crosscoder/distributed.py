@@ -17,17 +17,6 @@ import torch.distributed as dist
 from crossdiff.errors import ConfigError
 
 
-def process_device(device: str = "auto") -> torch.device:
-    """The device this process trains on: ``auto`` is CUDA where present, else the CPU; a bare
-    ``cuda`` under ``torchrun`` is this process's GPU (``cuda:LOCAL_RANK``)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return resolved
-
-
 def backend_for(device: torch.device) -> str:
     """The process-group backend for tensors on ``device``: NCCL for CUDA, gloo otherwise."""
     return "nccl" if device.type == "cuda" else "gloo"

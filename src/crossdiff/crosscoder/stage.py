@@ -108,14 +108,10 @@ def train_crosscoder_stage(
 
     from crossdiff.config import to_dict
     from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
-    from crossdiff.crosscoder.distributed import (
-        Collectives,
-        finish_distributed,
-        init_distributed,
-        process_device,
-    )
+    from crossdiff.crosscoder.distributed import Collectives, finish_distributed, init_distributed
     from crossdiff.crosscoder.evaluate import evaluate
     from crossdiff.crosscoder.train import train
+    from crossdiff.runtime import resolve_device
     from crossdiff.stages import atomic_write_json, is_complete, write_manifest
     from crossdiff.store import StoreReader, open_store
 
@@ -164,7 +160,7 @@ def train_crosscoder_stage(
     out = Path(out_dir)
     if is_complete(out, record):
         return json.loads((out / "metrics.json").read_text())
-    device = process_device(config.device)
+    device = resolve_device(config.device)
     init_distributed(device)
     reader = StoreReader(
         info, config.batch_size, sites=sites, seed=config.seed, normalize=False,

@@ -95,7 +95,8 @@ def capture_rows(
                         f"expected {(*batch.shape, site.dim)} (the adapter breaks the contract)"
                     )
                 check_finite(acts, model, site.name, sequences)
-                out[model, site.name] = acts[:, start:].reshape(-1, site.dim).float()  # [B·P', D]
+                rows = acts[:, start:].reshape(-1, site.dim)  # [B·P', D]
+                out[model, site.name] = rows.to("cpu", torch.float32)
     return out
 
 
