@@ -91,7 +91,7 @@ def scan_batches(
     meta_parts: dict[str, list[torch.Tensor]] = {}
     offset = 0
     for acts, meta in batches:
-        latents_BL = crosscoder.encode(acts)
+        latents_BL = crosscoder.encode(acts).to("cpu", torch.float32)  # any device and dtype
         active_BL = latents_BL > 0
         fires_L += active_BL.sum(0)
         for index, domain in enumerate(domains):
