@@ -171,3 +171,24 @@ def test_the_python_api_example_reads_the_same_run(tiny_run: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "up to date, skipped" in result.stdout
     assert "FVE:" in result.stdout and "dense_only_vs_shared" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_lambda_sweep_example_trains_each_point_and_prints_the_table(tiny_run: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "examples" / "lambda_sweep.py"
+    command = [sys.executable, str(script), str(tiny_run / "out"), str(tiny_run / "tiny.toml"),
+               "--lambdas", "0,1", "--steps", "100"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    points = json.loads((tiny_run / "out" / "sweeps" / "lambda" / "sweep.json").read_text())
+    assert [p["lambda"] for p in points] == [0.0, 1.0]
+    for p in points:
+        assert p["fve"]["dense"] <= 1 and sum(p["counts"].values()) > 0
+    # no exclusive latent without the decoder-norm sparsity term; some with a large λ
+    assert points[0]["counts"]["dense_only"] + points[0]["counts"]["moe_only"] == 0
+    assert "| 0 |" in result.stdout and "| 1 |" in result.stdout
+    rerun = subprocess.run(command, capture_output=True, text=True)  # finished points skipped
+    assert rerun.returncode == 0 and rerun.stdout == result.stdout
