@@ -166,7 +166,7 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     local = coll.local_slice(batch)
-    gather = coll.kth_largest if coll.active else None
+    gather = coll.topk_cut if coll.active else None
     global_batch = next(iter(batch.values())).shape[0]
     out = model(local, k=k, kernels=cfg.kernels, gather=gather, global_batch=global_batch)
     x = out.x_BC
