@@ -27,13 +27,16 @@ STAGE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("eval_shards", int, "last shards held out"),
     ("ce_sequences", int, "held-out sequences for CE recovered"),
     ("seed", int, "seed of the initialisation and batch order"),
+    ("dtype", str, "weight dtype: float32 or bfloat16"),
 )
 """``CrosscoderStageConfig`` fields offered as ``--flags`` (defaults come from the dataclass)."""
 
 
 def _help(name: str, text: str) -> str:
     default = CrosscoderStageConfig.__dataclass_fields__[name].default
-    return text if default is None else f"{text} (default: {default:g})"
+    if default is None:
+        return text
+    return f"{text} (default: {default if isinstance(default, str) else format(default, 'g')})"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

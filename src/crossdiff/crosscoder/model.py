@@ -91,6 +91,10 @@ class Crosscoder(nn.Module):
         self.W_enc_CL = nn.Parameter(0.1 * self.decoder_weights().detach().T.contiguous())
         self.b_enc_L = nn.Parameter(torch.zeros(L))
         self.b_dec_C = nn.Parameter(torch.zeros(C))
+        dtype = getattr(torch, cfg.dtype)
+        for p in self.parameters():  # drawn in float32, so every dtype starts from the same draw
+            p.data = p.data.to(dtype)
+        # float32 whatever the weights' dtype: a bf16 θ could not follow its EMA's small steps
         self.register_buffer("input_scale_M", torch.ones(len(cfg.models)))
         self.register_buffer("threshold", torch.zeros(()))
 
@@ -147,7 +151,8 @@ class Crosscoder(nn.Module):
             if n is not None and x.shape[0] != n:
                 raise ConfigError(f"models have different batch sizes: {n} and {x.shape[0]}")
             n = x.shape[0]
-            parts.append(x.detach().to(self.b_enc_L.dtype) * self.input_scale_M[m])
+            s_m = self.input_scale_M[m]
+            parts.append((x.detach().to(s_m.dtype) * s_m).to(self.b_enc_L.dtype))
         return torch.cat(parts, dim=1)
 
     def split_outputs(self, y_BC: torch.Tensor) -> dict[str, torch.Tensor]:

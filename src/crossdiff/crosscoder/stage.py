@@ -56,6 +56,8 @@ class CrosscoderStageConfig:
     """Held-out sequences used for CE recovered (0: skip)."""
     seed: int = 0
     """Seed of the initialisation and of the batch order."""
+    dtype: str = "float32"
+    """Weight dtype of the crosscoder (``float32`` or ``bfloat16``; see ``CrosscoderConfig``)."""
     progress: bool = True
     """Show a progress bar with live FVE, L0 and dead fraction."""
 
@@ -112,6 +114,7 @@ def train_crosscoder_stage(
         sparsity_coeff=config.sparsity_coeff,
         shared_sparsity_ratio=config.shared_sparsity_ratio,
         seed=config.seed,
+        dtype=config.dtype,
     )
     tcfg = TrainConfig(
         steps=config.steps,

@@ -26,7 +26,7 @@ from crossdiff.crosscoder.sparse import (
     selected_preacts,
     sparse_decode,
 )
-from crossdiff.errors import CrossdiffError
+from crossdiff.errors import ConfigError, CrossdiffError
 from crossdiff.progress import progress_bar
 from crossdiff.runtime import retain_freed_memory
 from crossdiff.stages import atomic_directory
@@ -234,7 +234,12 @@ def train_step(
 
 
 def make_optimizer(model: Crosscoder, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam over every trainable parameter."""
+    """Adam over every trainable parameter (refuses float16 weights)."""
+    if any(p.dtype == torch.float16 for p in model.parameters()):
+        raise ConfigError(
+            "cannot train a float16 crosscoder: Adam's second moments underflow in float16 and "
+            "the steps blow up; train in bfloat16 or float32 and cast for inference"
+        )
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
 
