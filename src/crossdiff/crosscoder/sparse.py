@@ -147,6 +147,35 @@ class _SelectedPreacts(Function):
         return None, grad_W, grad_b, None, None
 
 
+class _ColumnPreacts(Function):
+    """``(x_BC @ W_enc_CL + b_enc_L)[:, cols_D]``, given the precomputed values."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        pre_BD: torch.Tensor,
+        W_enc_CL: torch.Tensor,
+        b_enc_L: torch.Tensor,
+        x_BC: torch.Tensor,
+        cols_D: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(x_BC, cols_D)
+        ctx.shape = W_enc_CL.shape
+        return pre_BD.detach().clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_BD: torch.Tensor) -> tuple[Any, ...]:
+        x_BC, cols_D = ctx.saved_tensors
+        grad_W = grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_W = grad_BD.new_zeros(ctx.shape)
+            grad_W.index_copy_(1, cols_D, x_BC.T @ grad_BD)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad_BD.new_zeros(ctx.shape[1])
+            grad_b.index_copy_(0, cols_D, grad_BD.sum(0))
+        return None, grad_W, grad_b, None, None
+
+
 class _SparseDecode(Function):
     """``x̂_BC = F_BL @ W_dec_LC`` with F the sparse matrix of ``acts_N`` on ``pattern``."""
 
@@ -180,6 +209,18 @@ def selected_preacts(
 ) -> torch.Tensor:
     """Pre-activations at ``pattern``'s entries, differentiable w.r.t. the encoder (sparsely)."""
     return _SelectedPreacts.apply(pre_N, W_enc_CL, b_enc_L, x_BC, pattern)
+
+
+def column_preacts(
+    pre_BD: torch.Tensor,
+    W_enc_CL: torch.Tensor,
+    b_enc_L: torch.Tensor,
+    x_BC: torch.Tensor,
+    cols_D: torch.Tensor,
+) -> torch.Tensor:
+    """Pre-activations of the latents ``cols_D`` (distinct) for every token, differentiable
+    w.r.t. those latents' encoder columns and biases (one dense product in the backward)."""
+    return _ColumnPreacts.apply(pre_BD, W_enc_CL, b_enc_L, x_BC, cols_D)
 
 
 def sparse_decode(
