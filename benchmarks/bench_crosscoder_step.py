@@ -1,14 +1,18 @@
 """Time one crosscoder training step against the dense work of one plain autoencoder step.
 
-(a) one full step of the crosscoder engine: forward, BatchTopK, loss with aux-k (a quarter of
-    the latents marked dead so aux-k runs), backward, Adam;
+(a) one full step of the crosscoder engine: forward, BatchTopK, loss with aux-k, backward,
+    Adam -- measured twice: with a quarter of the latents marked dead (aux-k runs on them) and
+    with none dead (aux-k has nothing to do);
 (b) in the same process, the five dense matrix products of one step of a dense autoencoder of the
     same size (encoder and decoder forward, the decoder-weight, latent and encoder-weight grads).
-Prints a/b, activations per second, peak memory, and the held-out FVE of the sparse engine and of
-the plain dense implementation (kernels="dense") after the same steps on the same planted data.
+The (a) and (b) runs alternate. Prints a/b for both cases by wall-clock time (the goal) and by
+the process's CPU time (less disturbed by other jobs on a shared machine), activations per
+second, peak memory, and the held-out FVE of the sparse engine and of the plain dense
+implementation (kernels="dense") after the same steps on the same planted data.
 
     .venv/bin/python benchmarks/bench_crosscoder_step.py            # default size
     .venv/bin/python benchmarks/bench_crosscoder_step.py --fve-steps 0   # timing only
+    .venv/bin/python benchmarks/bench_crosscoder_step.py --fve-steps 0 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import resource
 import statistics
 import time
+from collections.abc import Callable
 
 # Before torch loads OpenMP: threads that sleep instead of spinning at barriers. On a machine
 # shared with other jobs, spinning threads of the many small parallel regions of a sparse step
@@ -57,6 +62,13 @@ def dense_products(x: torch.Tensor, W_enc: torch.Tensor, W_dec: torch.Tensor, g:
     return recon, grad_W_dec, grad_W_enc
 
 
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def main() -> None:
     """Run the benchmark and print its figures."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -67,13 +79,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--fve-steps", type=int, default=100)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     d, B = args.d_model, args.batch
     source = planted_source(d)
     batches = list(source.batches(B, 4, seed=1))
     cfg = CrosscoderConfig(
-        ("A", "B"), (d, d), args.dict_size, args.k, n_shared=args.dict_size // 16
+        ("A", "B"), (d, d), args.dict_size, args.k, n_shared=args.dict_size // 16, dtype=args.dtype
     )
     model = Crosscoder(cfg)
     model.fit_input_scales_(batches[0])
@@ -84,27 +97,44 @@ def main() -> None:
     for i in range(3):  # warm-up: sets the threshold θ the candidate filter uses
         train_step(model, opt, batches[i % 4], state, tcfg, coll)
     C, L = 2 * d, args.dict_size
-    x = torch.randn(B, C)
-    W_enc, W_dec, g = torch.randn(C, L) / C**0.5, torch.randn(L, C) / L**0.5, torch.randn(B, C)
+    dtype = getattr(torch, args.dtype)
+    x = torch.randn(B, C, dtype=dtype)
+    W_enc = (torch.randn(C, L) / C**0.5).to(dtype)
+    W_dec, g = (torch.randn(L, C) / L**0.5).to(dtype), torch.randn(B, C, dtype=dtype)
     dense_products(x, W_enc, W_dec, g)
-    a_times, b_times = [], []
+    load_before = os.getloadavg()[0]
+    times: dict[str, list[tuple[float, float]]] = {"quarter": [], "none": [], "b": []}
+    aux: dict[str, float] = {}
     for r in range(args.repeats):
-        state.tokens_since_fired[::4] = 10**9  # a quarter of the latents dead: aux-k runs
-        t0 = time.perf_counter()
-        stats = train_step(model, opt, batches[r % 4], state, tcfg, coll)
-        a_times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        dense_products(x, W_enc, W_dec, g)
-        b_times.append(time.perf_counter() - t0)
-    a, b = statistics.median(a_times), statistics.median(b_times)
-    assert stats.aux > 0, f"aux-k did not run: {stats}"
-    print(f"size: 2 models x d_model {d}, dictionary {L}, k {args.k}, batch {B}, fp32, "
+        for case in ("quarter", "none"):
+            state.tokens_since_fired.zero_()
+            if case == "quarter":
+                state.tokens_since_fired[::4] = 10**9  # a quarter of the latents dead
+            holder = {}
+            batch = batches[r % 4]
+            times[case].append(
+                timed(
+                    lambda b=batch, h=holder: h.update(
+                        s=train_step(model, opt, b, state, tcfg, coll)
+                    )
+                )
+            )
+            aux[case] = holder["s"].aux
+            times["b"].append(timed(lambda: dense_products(x, W_enc, W_dec, g)))
+    assert aux["quarter"] > 0 and aux["none"] == 0, f"aux-k did not run as planned: {aux}"
+    med = {k: [statistics.median(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
+    b_wall, b_cpu = med["b"]
+    print(f"size: 2 models x d_model {d}, dictionary {L}, k {args.k}, batch {B}, {args.dtype}, "
           f"{args.threads} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
-          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"(a) crosscoder step (sparse kernels, aux-k on): {a * 1e3:.1f} ms (median)")
-    print(f"(b) five dense matmuls of a dense AE step:     {b * 1e3:.1f} ms")
-    print(f"a/b = {a / b:.3f}")
-    print(f"throughput: {B / a:,.0f} activations/s (one activation = one token of both models)")
+          f"aux_k {max(cfg.d_models) // 2}, load average {load_before:.1f} before / "
+          f"{os.getloadavg()[0]:.1f} after")  # fmt: skip
+    print(f"(b) five dense matmuls of a dense AE step: {b_wall * 1e3:.1f} ms "
+          f"(CPU {b_cpu * 1e3:.1f} ms), medians of {args.repeats}")  # fmt: skip
+    for case, label in (("quarter", "a quarter of the latents dead"), ("none", "none dead")):
+        a_wall, a_cpu = med[case]
+        print(f"(a) crosscoder step, {label}: {a_wall * 1e3:.1f} ms (CPU {a_cpu * 1e3:.1f} ms); "
+              f"a/b = {a_wall / b_wall:.3f} (CPU time: {a_cpu / b_cpu:.3f}); "
+              f"{B / a_wall:,.0f} activations/s")  # fmt: skip
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS of the process): {peak:.0f} MiB")
     if args.fve_steps:

@@ -28,7 +28,7 @@ STAGE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("ce_sequences", int, "held-out sequences for CE recovered"),
     ("seed", int, "seed of the initialisation and batch order"),
     ("device", str, "auto, cpu, cuda or cuda:N"),
-    ("dtype", str, "fp32, bf16 or fp16"),
+    ("dtype", str, "weight dtype: float32 or bfloat16"),
 )
 """``CrosscoderStageConfig`` fields offered as ``--flags`` (defaults come from the dataclass)."""
 
@@ -37,11 +37,7 @@ def _help(name: str, text: str) -> str:
     default = CrosscoderStageConfig.__dataclass_fields__[name].default
     if default is None:
         return text
-    return (
-        f"{text} (default: {default:g})"
-        if isinstance(default, float | int)
-        else (f"{text} (default: {default})")
-    )
+    return f"{text} (default: {default if isinstance(default, str) else format(default, 'g')})"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

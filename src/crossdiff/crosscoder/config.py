@@ -7,6 +7,9 @@ from typing import Literal
 
 from crossdiff.errors import ConfigError
 
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+"""The weight dtypes a crosscoder may have."""
+
 
 @dataclass(frozen=True)
 class CrosscoderConfig:
@@ -30,9 +33,15 @@ class CrosscoderConfig:
     """w_i for designated shared latents (1 for the others): λ_shared = ratio·λ."""
     seed: int = 0
     """Seed of the weight initialisation."""
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = "float32"
+    """Dtype of the weights and of the step's arithmetic (sparse products accumulate in at
+    least float32); the input scales and θ stay float32. float16 is for inference: training
+    refuses it (Adam's moments underflow in float16)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(self.models))
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         object.__setattr__(self, "d_models", tuple(int(d) for d in self.d_models))
         object.__setattr__(self, "k", float(self.k))
         if len(self.models) < 2:

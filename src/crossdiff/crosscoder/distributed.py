@@ -1,9 +1,9 @@
 """Data parallelism for crosscoder training: the few collectives a step needs.
 
 Every process reads the same sequence of global batches and keeps its contiguous slice; the
-BatchTopK threshold is the global ``k·B``-th score, gradients are averaged, and the dead-latent
-counters and aux-k normaliser are reduced, so a step equals the one-process step on the global
-batch up to float summation order.
+BatchTopK threshold is the global ``k·B``-th score and its ties go to the lowest ranks (the
+earliest tokens), gradients are averaged, and the dead-latent counters and aux-k normaliser are
+reduced, so a step equals the one-process step on the global batch up to float summation order.
 """
 
 from __future__ import annotations
@@ -39,6 +39,13 @@ def finish_distributed() -> None:
         dist.destroy_process_group()
 
 
+def tie_share(counts_W2: torch.Tensor, k_total: int, rank: int) -> int:
+    """How many of ``rank``'s scores equal to t it keeps, given every rank's (scores > t,
+    scores = t) counts: the ``k_total − Σ(> t)`` tie slots are filled in rank order."""
+    free = k_total - int(counts_W2[:, 0].sum()) - int(counts_W2[:rank, 1].sum())
+    return max(0, min(free, int(counts_W2[rank, 1])))
+
+
 class Collectives:
     """The collectives of one process: no-ops when not running under a process group."""
 
@@ -61,13 +68,26 @@ class Collectives:
             dist.all_reduce(t)
         return t
 
-    def kth_largest(self, top: torch.Tensor, k_total: int) -> torch.Tensor:
-        """The ``k_total``-th largest value over every process's ``top`` (−inf if too few)."""
-        padded = top.new_full((k_total,), -torch.inf)
+    def all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Every process's ``t`` (same shape on all), in rank order."""
+        gathered = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(gathered, t)
+        return gathered
+
+    def topk_cut(self, scores_N: torch.Tensor, k_total: int) -> tuple[float, int]:
+        """``(t, n_ties)`` of the global BatchTopK over every process's candidate scores: t the
+        ``k_total``-th largest score (−inf if there are fewer: all are kept) and how many of
+        this process's scores equal to t it keeps. Ties go to the lowest ranks first, i.e.
+        the earliest tokens of the global batch, as in the one-process selection."""
+        top = scores_N.topk(min(k_total, scores_N.numel()), sorted=False).values
+        padded = scores_N.new_full((k_total,), -torch.inf)
         padded[: top.numel()] = top
-        gathered = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(gathered, padded)
-        return torch.cat(gathered).topk(k_total, sorted=False).values.min()
+        t = float(torch.cat(self.all_gather(padded)).topk(k_total, sorted=False).values.min())
+        if t == -float("inf"):
+            return t, 0
+        counts = torch.stack([(scores_N > t).sum(), (scores_N == t).sum()])
+        counts_W2 = torch.stack(self.all_gather(counts)).cpu()
+        return t, tie_share(counts_W2, k_total, self.rank)
 
     def average_gradients_(self, params: list[torch.nn.Parameter]) -> None:
         """Average the gradients of ``params`` over processes (one flat all-reduce)."""

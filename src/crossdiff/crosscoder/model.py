@@ -31,8 +31,14 @@ CANDIDATE_FRACTION = 0.9
 """BatchTopK first keeps scores above this fraction of θ; if fewer than k·B pass, the bound is
 halved (three times at most) and finally dropped, so the selection is always exact."""
 
-Gather = Callable[[torch.Tensor, int], torch.Tensor]
-"""``(local top scores, k_total) -> the k_total-th largest score over all processes``."""
+PREFILTER_MARGIN = 0.98
+"""The candidate pre-filter compares ``pre`` with ``0.98·lo/ρ``: a score ReLU(pre)·ρ rounds by
+at most 2⁻⁸ relative (bf16), so every score above lo passes; scores then decide exactly."""
+
+Gather = Callable[[torch.Tensor, int], tuple[float, int]]
+"""``(local candidate scores, k_total) -> (t, n_ties)``: t the k_total-th largest score over all
+processes, n_ties how many of this process's scores equal to t it keeps (see
+:meth:`crossdiff.crosscoder.distributed.Collectives.topk_cut`)."""
 
 
 @dataclass
@@ -86,6 +92,10 @@ class Crosscoder(nn.Module):
         self.W_enc_CL = nn.Parameter(0.1 * self.decoder_weights().detach().T.contiguous())
         self.b_enc_L = nn.Parameter(torch.zeros(L))
         self.b_dec_C = nn.Parameter(torch.zeros(C))
+        dtype = getattr(torch, cfg.dtype)
+        for p in self.parameters():  # drawn in float32, so every dtype starts from the same draw
+            p.data = p.data.to(dtype)
+        # float32 whatever the weights' dtype: a bf16 θ could not follow its EMA's small steps
         self.register_buffer("input_scale_M", torch.ones(len(cfg.models)))
         self.register_buffer("threshold", torch.zeros(()))
 
@@ -143,8 +153,9 @@ class Crosscoder(nn.Module):
             if n is not None and x.shape[0] != n:
                 raise ConfigError(f"models have different batch sizes: {n} and {x.shape[0]}")
             n = x.shape[0]
-            x = x.detach().to(device=self.b_enc_L.device, dtype=self.b_enc_L.dtype)
-            parts.append(x * self.input_scale_M[m])
+            s_m = self.input_scale_M[m]
+            x = x.detach().to(device=s_m.device, dtype=s_m.dtype)
+            parts.append((x * s_m).to(self.b_enc_L.dtype))
         return torch.cat(parts, dim=1)
 
     def split_outputs(self, y_BC: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -169,6 +180,13 @@ class Crosscoder(nn.Module):
         """Dense pre-activations ``[B, L]`` (no gradient)."""
         return torch.addmm(self.b_enc_L, x_BC, self.W_enc_CL)
 
+    def scores(self, pre_BL: torch.Tensor, rho_L: torch.Tensor | None = None) -> torch.Tensor:
+        """``score = ReLU(pre)·ρ`` in ``pre``'s dtype: the one formula that training, inference
+        and threshold calibration rank by (elementwise, so a subset of entries gets the very
+        bits the whole tensor would)."""
+        rho_L = self.rank_weights() if rho_L is None else rho_L
+        return pre_BL.clamp_min(0) * rho_L.to(pre_BL.dtype)
+
     @torch.no_grad()
     def batch_topk(
         self,
@@ -180,31 +198,54 @@ class Crosscoder(nn.Module):
         """Keep the ``k_total`` largest scores of the batch: the pattern, the threshold (the
         smallest kept score) and the pre-activations ``pre_N`` at the kept entries.
 
-        Candidates are first filtered by a bound just under the current θ, lowered until at
-        least ``k_total`` pass (so the result is exact). With ``gather`` (data parallel), the
-        threshold is the ``k_total``-th largest score over all processes.
+        The selection is exactly the first ``k_total`` entries of the flattened scores sorted
+        by decreasing score, equal scores by increasing flat index ``token·L + latent`` (the
+        earlier token, then the lower latent, wins a tie); only positive scores are kept, so
+        fewer than ``k_total`` only when fewer are positive. With ``gather`` (data parallel)
+        the same holds for the global batch, each process's tokens following the previous
+        process's. A candidate filter (scores above a bound just under θ, lowered until at
+        least ``k_total`` pass) only saves time: it cannot change the selection.
         """
-        B, L = pre_BL.shape
+        L = pre_BL.shape[1]
         rho_L = self.rank_weights() if rho_L is None else rho_L
-        lo = CANDIDATE_FRACTION * float(self.threshold)
-        flat_N = torch.empty(0, dtype=torch.long, device=pre_BL.device)
-        for _ in range(4 if lo > 0 else 0):
-            bound_L = (lo / rho_L).nan_to_num(nan=torch.inf)
-            flat_N = (pre_BL > bound_L).view(-1).nonzero()[:, 0]
-            if flat_N.numel() >= k_total:
-                break
-            lo /= 2
-        if flat_N.numel() < k_total:
-            flat_N = ((pre_BL > 0) & (rho_L > 0)).view(-1).nonzero()[:, 0]
-        pre_N = pre_BL.view(-1)[flat_N]
-        scores_N = pre_N * rho_L[flat_N % L] if self.cfg.rank_by_decoder_norm else pre_N
-        top = scores_N.topk(min(k_total, scores_N.numel()), sorted=False).values
+        flat_N, scores_N = self._candidates(pre_BL, rho_L, k_total)
         if gather is not None:
-            t = float(gather(top, k_total))
+            t, n_ties = gather(scores_N, k_total)
         else:
-            t = float(top.min()) if top.numel() == k_total else -float("inf")
-        keep_N = scores_N >= t
-        return SparsePattern.from_flat(flat_N[keep_N], B, L), t, pre_N[keep_N]
+            t, n_ties = local_cut(scores_N, k_total)
+        keep_N = scores_N > t
+        tie_N = scores_N == t
+        if n_ties < int(tie_N.sum()):  # the first n_ties in flat order win the tie
+            tie_N &= tie_N.cumsum(0) <= n_ties
+        keep_N |= tie_N
+        flat_N = flat_N[keep_N]
+        return SparsePattern.from_flat(flat_N, pre_BL.shape[0], L), t, pre_BL.view(-1)[flat_N]
+
+    def _candidates(
+        self, pre_BL: torch.Tensor, rho_L: torch.Tensor, k_total: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sorted flat indices and scores of the entries with score > lo, the largest bound
+        ``lo`` tried (``CANDIDATE_FRACTION``·θ, halved three times, then 0) that at least
+        ``k_total`` scores exceed. Every entry left out scores ≤ lo < every candidate, so the
+        top ``k_total`` are all candidates. Entries are pre-filtered on ``pre`` against a bound
+        2% under lo/ρ (a superset of the candidates, in fp32) and then filtered exactly on
+        their scores, so the full score matrix is never formed."""
+        flat_pre = pre_BL.view(-1)
+        L = pre_BL.shape[1]
+        rho_wide_L = rho_L.float()
+        lo = CANDIDATE_FRACTION * float(self.threshold)
+        for _ in range(4 if lo > 0 else 0):
+            bound_L = (PREFILTER_MARGIN * lo / rho_wide_L).nan_to_num(nan=torch.inf)
+            flat_N = (pre_BL > bound_L).view(-1).nonzero()[:, 0]
+            scores_N = self.scores(flat_pre[flat_N], rho_L[flat_N % L])
+            exact_N = scores_N > lo
+            if int(exact_N.sum()) >= k_total:
+                return flat_N[exact_N], scores_N[exact_N]
+            lo /= 2
+        flat_N = (pre_BL > 0).view(-1).nonzero()[:, 0]
+        scores_N = self.scores(flat_pre[flat_N], rho_L[flat_N % L])
+        positive_N = scores_N > 0
+        return flat_N[positive_N], scores_N[positive_N]
 
     def forward(
         self,
@@ -233,8 +274,8 @@ class Crosscoder(nn.Module):
     @torch.no_grad()
     def encode(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Inference latents ``[B, L]``: ReLU(pre) where score > θ, else 0."""
-        pre_BL = self.preacts(self.concat_inputs(batch)).clamp_min(0)
-        return pre_BL * (pre_BL * self.rank_weights() > self.threshold)
+        pre_BL = self.preacts(self.concat_inputs(batch))
+        return pre_BL.clamp_min(0) * (self.scores(pre_BL) > self.threshold)
 
     @torch.no_grad()
     def decode(self, latents_BL: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -267,6 +308,15 @@ class Crosscoder(nn.Module):
         model = cls(cfg)
         model.load_state_dict(load_tensors(path / WEIGHTS_FILE))
         return model.to(device)
+
+
+def local_cut(scores_N: torch.Tensor, k_total: int) -> tuple[float, int]:
+    """``(t, n_ties)`` of one process: t the ``k_total``-th largest of ``scores_N`` (−inf if
+    there are fewer: keep them all) and how many scores equal to t to keep."""
+    if scores_N.numel() < k_total:
+        return -float("inf"), 0
+    t = scores_N.kthvalue(scores_N.numel() - k_total + 1).values
+    return float(t), k_total - int((scores_N > t).sum())
 
 
 def _unit_rows(w: torch.Tensor) -> torch.Tensor:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from crossdiff.errors import ConfigError, unknown_choice
+from crossdiff.errors import ConfigError
 
 WEIGHTS_DIR = "crosscoder"
 """Subdirectory of the stage holding the trained crosscoder (``cfg.json`` + safetensors)."""
@@ -56,13 +56,13 @@ class CrosscoderStageConfig:
     """Held-out sequences used for CE recovered (0: skip)."""
     seed: int = 0
     """Seed of the initialisation and of the batch order."""
+    dtype: str = "float32"
+    """Weight dtype of the crosscoder (``float32`` or ``bfloat16``; see ``CrosscoderConfig``)."""
     progress: bool = True
     """Show a progress bar with live FVE, L0 and dead fraction."""
     device: str = "auto"
     """Where to train and evaluate: ``auto`` (CUDA where present, else CPU), ``cpu``, ``cuda``,
     ``cuda:N``; under ``torchrun`` a bare ``cuda`` is each process's own GPU."""
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """The crosscoder's parameter and compute dtype (sums of FVE and moments stay ≥ fp32)."""
 
     def __post_init__(self) -> None:
         for name in ("expansion", "steps", "batch_size", "dead_tokens", "eval_shards"):
@@ -71,16 +71,10 @@ class CrosscoderStageConfig:
                 raise ConfigError(f"crosscoder {name} must be a positive integer, got {value!r}")
         if self.lr <= 0:
             raise ConfigError(f"crosscoder lr must be positive, got {self.lr!r}")
-        if self.dtype not in DTYPES:
-            raise unknown_choice("crosscoder dtype", str(self.dtype), DTYPES)
         if not (self.device == "auto" or _is_device(self.device)):
             raise ConfigError(
                 f"crosscoder device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
             )
-
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""Crosscoder dtypes by their config name -> torch's name."""
 
 
 def _is_device(name: str) -> bool:
@@ -103,8 +97,6 @@ def train_crosscoder_stage(
     ``config.eval_shards`` shards of the training store (not trained on).
     """
     import json
-
-    import torch
 
     from crossdiff.config import to_dict
     from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
@@ -135,6 +127,7 @@ def train_crosscoder_stage(
         sparsity_coeff=config.sparsity_coeff,
         shared_sparsity_ratio=config.shared_sparsity_ratio,
         seed=config.seed,
+        dtype=config.dtype,
     )
     tcfg = TrainConfig(
         steps=config.steps,
@@ -155,7 +148,6 @@ def train_crosscoder_stage(
         "sites": sites,
         "batch_size": config.batch_size,
         "train_shards": len(train_shards),
-        "dtype": config.dtype,
     }
     out = Path(out_dir)
     if is_complete(out, record):
@@ -174,7 +166,7 @@ def train_crosscoder_stage(
             f"the training shards hold fewer tokens than one batch of {config.batch_size}: "
             "lower the batch size or the held-out shards"
         )
-    model = Crosscoder(cfg).to(device=device, dtype=getattr(torch, DTYPES[config.dtype]))
+    model = Crosscoder(cfg).to(device)
     result = train(model, reader, tcfg, out)
     rank = Collectives().rank
     finish_distributed()

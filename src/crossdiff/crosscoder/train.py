@@ -30,12 +30,13 @@ from crossdiff.crosscoder.evaluate import fve_from
 from crossdiff.crosscoder.model import Crosscoder, ForwardOutput
 from crossdiff.crosscoder.sparse import (
     SparsePattern,
+    column_preacts,
     dense_decode,
     dense_preacts,
     selected_preacts,
     sparse_decode,
 )
-from crossdiff.errors import CrossdiffError
+from crossdiff.errors import ConfigError, CrossdiffError
 from crossdiff.progress import progress_bar
 from crossdiff.runtime import retain_freed_memory
 from crossdiff.stages import atomic_directory, atomic_write_json
@@ -113,6 +114,12 @@ def k_at(cfg: TrainConfig, k: float, step: int) -> float:
     return cfg.k_start + (k - cfg.k_start) * step / cfg.k_anneal_steps
 
 
+AUX_DENSE_SHARE = 4
+"""aux-k decodes through dense products over the dead sub-dictionary when there are at most
+this many dead latents per chosen one (n_dead ≤ 4·aux_k), else sparsely: on 2 CPU cores a
+dense product costs about a quarter of a sparse one per multiply-add."""
+
+
 def aux_k_loss(
     model: Crosscoder,
     out: ForwardOutput,
@@ -122,30 +129,72 @@ def aux_k_loss(
     kernels: str = "sparse",
 ) -> torch.Tensor:
     """‖e − ê‖² / ‖e − ē‖² · min(n_dead / aux_k, 1): the top ``aux_k`` dead latents per token
-    reconstruct the detached residual e (no decoder bias); the normaliser is global."""
-    n_dead = int(dead_L.sum())
+    (by the step's own pre-activations) reconstruct the detached residual e (no decoder bias);
+    the normaliser is global. Only the chosen latents are decoded: through dense products over
+    the dead sub-dictionary when ``aux_k`` is a large share of the dead latents, else through
+    the sparse kernels on the chosen entries with a positive pre-activation (the others add
+    nothing to ê nor to any gradient)."""
+    dead_idx = dead_L.nonzero()[:, 0].to(out.pre_BL.device)
+    n_dead = dead_idx.numel()
     if n_dead == 0:
         return out.recon_BC.new_zeros(())
-    dead_idx = dead_L.nonzero()[:, 0]
     kk = min(aux_k, n_dead)
     B, L = out.pre_BL.shape
-    vals, j = out.pre_BL[:, dead_idx].topk(kk, dim=1, sorted=False)
-    rows_N = torch.arange(B, device=vals.device).repeat_interleave(kk)
-    pattern = SparsePattern(rows_N, dead_idx[j].reshape(-1), B, L)
-    W_dec_LC = out.W_dec_LC
-    if kernels == "sparse":
-        pre_N = selected_preacts(vals.reshape(-1), model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
-        e_hat_BC = sparse_decode(pre_N.relu(), W_dec_LC, pattern)
+    pre_BD = out.pre_BL.index_select(1, dead_idx)
+    if kernels == "sparse" and n_dead <= AUX_DENSE_SHARE * kk:
+        e_hat_BC = _aux_dense_decode(model, out, dead_idx, pre_BD, kk)
     else:
-        pre_N = dense_preacts(model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
-        e_hat_BC = dense_decode(pre_N.relu(), W_dec_LC, pattern)
+        rows_N, cols_N, vals_N = _aux_entries(pre_BD, dead_idx, kk, kernels == "sparse")
+        pattern = SparsePattern(rows_N, cols_N, B, L)
+        if kernels == "sparse":
+            pre_N = selected_preacts(vals_N, model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
+            e_hat_BC = sparse_decode(pre_N.relu(), out.W_dec_LC, pattern)
+        else:
+            pre_N = dense_preacts(model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
+            e_hat_BC = dense_decode(pre_N.relu(), out.W_dec_LC, pattern)
     e_BC = (out.x_BC - out.recon_BC).detach()
-    sums = coll.sum_(torch.cat([e_BC.new_tensor([B]), e_BC.sum(0), e_BC.pow(2).sum()[None]]))
+    wide = e_BC.to(torch.promote_types(e_BC.dtype, torch.float32))  # no copy for fp32/fp64
+    count = torch.tensor([B], dtype=torch.float64, device=e_BC.device)
+    sums = coll.sum_(torch.cat([count, wide.sum(0).double(), wide.pow(2).sum()[None].double()]))
     n, sum_C, sq = sums[0], sums[1:-1], sums[-1]
     denominator = (sq - sum_C.pow(2).sum() / n).clamp_min(1e-12)
     numerator = (e_BC - e_hat_BC).pow(2).sum()
     scale = min(n_dead / aux_k, 1.0) * coll.world
     return numerator * scale / denominator.to(numerator.dtype)
+
+
+def _aux_entries(
+    pre_BD: torch.Tensor, dead_idx: torch.Tensor, kk: int, positive_only: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(rows_N, latents_N, pre_N)`` of each token's top ``kk`` dead pre-activations, grouped
+    by token; with ``positive_only`` only the positive ones (the others decode to 0 and pass
+    no gradient through the ReLU), found without a top-k when no token has more than kk."""
+    if positive_only:
+        positive_BD = pre_BD > 0
+        if int(positive_BD.sum(1).max()) <= kk:
+            rows_N, j_N = positive_BD.nonzero().unbind(1)
+            return rows_N, dead_idx[j_N], pre_BD[rows_N, j_N]
+    vals_BK, j_BK = pre_BD.topk(kk, dim=1, sorted=False)
+    rows_N = torch.arange(pre_BD.shape[0], device=pre_BD.device).repeat_interleave(kk)
+    vals_N, cols_N = vals_BK.reshape(-1), dead_idx[j_BK.reshape(-1)]
+    if positive_only:
+        positive_N = vals_N > 0
+        rows_N, cols_N, vals_N = rows_N[positive_N], cols_N[positive_N], vals_N[positive_N]
+    return rows_N, cols_N, vals_N
+
+
+def _aux_dense_decode(
+    model: Crosscoder, out: ForwardOutput, dead_idx: torch.Tensor, pre_BD: torch.Tensor, kk: int
+) -> torch.Tensor:
+    """ê over the dead sub-dictionary: ReLU of each token's top ``kk`` dead pre-activations
+    (all of them when ``kk`` = n_dead) times the dead decoder rows, by dense matmuls."""
+    pre_BD = column_preacts(pre_BD, model.W_enc_CL, model.b_enc_L, out.x_BC, dead_idx)
+    acts_BD = pre_BD.relu()
+    if kk < dead_idx.numel():
+        j_BK = pre_BD.detach().topk(kk, dim=1, sorted=False).indices
+        keep_BD = torch.zeros_like(acts_BD, dtype=torch.bool).scatter_(1, j_BK, True)
+        acts_BD = acts_BD * keep_BD
+    return acts_BD @ out.W_dec_LC.index_select(0, dead_idx)
 
 
 def sparsity_penalty(model: Crosscoder, out: ForwardOutput) -> torch.Tensor:
@@ -182,7 +231,7 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     local = coll.local_slice(batch)
-    gather = coll.kth_largest if coll.active else None
+    gather = coll.topk_cut if coll.active else None
     global_batch = next(iter(batch.values())).shape[0]
     out = model(local, k=k, kernels=cfg.kernels, gather=gather, global_batch=global_batch)
     x = out.x_BC
@@ -248,7 +297,12 @@ def train_step(
 
 
 def make_optimizer(model: Crosscoder, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam over every trainable parameter."""
+    """Adam over every trainable parameter (refuses float16 weights)."""
+    if any(p.dtype == torch.float16 for p in model.parameters()):
+        raise ConfigError(
+            "cannot train a float16 crosscoder: Adam's second moments underflow in float16 and "
+            "the steps blow up; train in bfloat16 or float32 and cast for inference"
+        )
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, fused=fused)
 
