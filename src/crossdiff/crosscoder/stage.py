@@ -295,9 +295,8 @@ def ce_metrics(
     from crossdiff.corpus import load_sequences
     from crossdiff.crosscoder.evaluate import ce_recovered
     from crossdiff.plugins import create_plugin_manager
-    from crossdiff.store import load_shard
-
     from crossdiff.stages import resolve_reference
+    from crossdiff.store import load_shard
 
     record = info.manifest.get("config", {}).get("record", {})
     store_cfg = info.manifest.get("config", {}).get("store", {})

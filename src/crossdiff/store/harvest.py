@@ -143,7 +143,9 @@ def _trusted_shards(out_dir: Path) -> set[int]:
         if problem is None:
             trusted.add(index)
             continue
-        warnings.warn(f"shard {str(path)!r} is damaged ({problem}); harvesting it again")
+        warnings.warn(
+            f"shard {str(path)!r} is damaged ({problem}); harvesting it again", stacklevel=2
+        )
         path.unlink()
         sum_path(path).unlink(missing_ok=True)
     return trusted
@@ -244,7 +246,7 @@ def _prepare(out_dir: Path, run_config: dict, overwrite: bool) -> StoreInfo | No
     try:
         return open_store(out_dir)
     except DamagedFileError as error:
-        warnings.warn(f"{error}; checking every shard")
+        warnings.warn(f"{error}; checking every shard", stacklevel=2)
         return None
 
 
