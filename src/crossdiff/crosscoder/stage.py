@@ -295,18 +295,15 @@ def ce_metrics(
     from crossdiff.corpus import load_sequences
     from crossdiff.crosscoder.evaluate import ce_recovered
     from crossdiff.plugins import create_plugin_manager
-    from crossdiff.stages import resolve_reference
     from crossdiff.store import load_shard
 
-    record = info.manifest.get("config", {}).get("record", {})
-    store_cfg = info.manifest.get("config", {}).get("store", {})
-    if n_sequences <= 0 or "models" not in record or "corpus" not in record:
+    if n_sequences <= 0:
         return None
-    corpus = resolve_reference(record["corpus"], info.path, "the corpus")
-    sources = {
-        m: resolve_reference(record["models"][m], info.path, f"model {m!r}")
-        for m in model.cfg.models
-    }
+    record = info.record  # paths resolved against the store
+    store_cfg = info.manifest.get("config", {}).get("store", {})
+    if "models" not in record or "corpus" not in record:
+        return None
+    corpus, sources = record["corpus"], record["models"]
     seqs = np.unique(np.concatenate([
         load_shard(info.shard_paths()[i])["sequences"].numpy() for i in shards
     ]))[:n_sequences]  # fmt: skip

@@ -122,6 +122,23 @@ class StoreInfo:
         """Model -> site -> factor ``f`` such that E‖f·x‖ = √D on the harvested tokens."""
         return self.manifest.get("norm_factors", {})
 
+    @property
+    def record(self) -> dict[str, Any]:
+        """What the harvest recorded of its inputs (``models``: name -> path or hub name,
+        ``corpus``), with paths resolved against the store (a moved run reads its own files)
+        and checked to exist."""
+        from crossdiff.stages import resolve_reference
+
+        record = dict(self.manifest.get("config", {}).get("record") or {})
+        if isinstance(record.get("models"), dict):
+            record["models"] = {
+                name: resolve_reference(str(value), self.path, f"model {name!r}")
+                for name, value in record["models"].items()
+            }
+        if isinstance(record.get("corpus"), str):
+            record["corpus"] = resolve_reference(record["corpus"], self.path, "the corpus")
+        return record
+
     def shard_paths(self) -> list[Path]:
         """Paths of every shard, in order (all of them exist once the store is complete)."""
         return [shard_path(self.path, i) for i in range(int(self.manifest["n_shards"]))]
