@@ -349,3 +349,33 @@ def test_harvest_resume_redoes_a_damaged_shard(how: str, tmp_path: Path) -> None
     with pytest.warns(UserWarning, match=r"shard-000003\.safetensors.*damaged"):
         harvest(pair(), ["0.mlp_out"], make_sequences(), damaged, config)
     assert files(damaged) == files(reference)  # redone byte for byte
+
+
+def test_a_full_disk_is_a_named_error_and_the_old_file_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from crossdiff.errors import StageError
+    from crossdiff.stages import atomic_write_json
+
+    real_fsync = os.fsync
+
+    def full_for(part: str) -> Callable[[int], None]:
+        def fsync(fd: int) -> None:  # the disk fills while writing a file whose path has `part`
+            if part in os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real_fsync(fd)
+
+        return fsync
+
+    target = tmp_path / "manifest.json"
+    atomic_write_json(target, {"complete": True})
+    monkeypatch.setattr(os, "fsync", full_for("manifest.json"))
+    with pytest.raises(StageError, match=rf"cannot write '{target}': the disk is full"):
+        atomic_write_json(target, {"complete": False})
+    assert json.loads(target.read_text()) == {"complete": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary left
+    monkeypatch.setattr(os, "fsync", full_for("shard-000000"))
+    with pytest.raises(StageError, match=r"shard-000000\.safetensors': the disk is full"):
+        harvest(pair(), ["0.mlp_out"], make_sequences(n=8), tmp_path / "store",
+                StoreConfig(batch_sequences=4, shard_sequences=8))  # fmt: skip
+    assert list((tmp_path / "store" / "shards").iterdir()) == []  # no partial shard
