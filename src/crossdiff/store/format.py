@@ -188,7 +188,7 @@ def check_shards(info: StoreInfo) -> None:
     for path in info.shard_paths():
         if not path.is_file():
             raise damaged_shard(path, "missing")
-        size, expected = path.stat().st_size, recorded.get(path.name, {}).get("size")
+        size, expected = path.stat().st_size, (recorded.get(path.name) or {}).get("size")
         if expected is not None and size != expected:
             raise damaged_shard(path, f"{size} bytes, {expected} when written")
         try:
