@@ -112,3 +112,68 @@ def test_train_crosscoder_offers_every_stage_setting_and_passes_it_through(
     flags = {option for action in help_text._actions for option in action.option_strings}
     missing = [n for n in fields if n != "progress" and f"--{n.replace('_', '-')}" not in flags]
     assert missing == []
+
+
+def test_train_crosscoder_reads_a_config_file_and_flags_override_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from crossdiff.crosscoder import stage
+
+    seen = {}
+
+    def fake_stage(store, out, config, **kwargs):
+        seen["config"], seen["overwrite"] = config, kwargs["overwrite"]
+        return {}
+
+    monkeypatch.setattr(stage, "train_crosscoder_stage", fake_stage)
+    config = tmp_path / "cc.toml"
+    config.write_text("steps = 77\nlr = 0.002\nn_shared = 8\n")
+    args = ["train-crosscoder", "--acts", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main([*args, "--config", str(config), "--lr", "0.004", "--overwrite"]) == 0
+    assert (seen["config"].steps, seen["config"].lr, seen["config"].n_shared) == (77, 0.004, 8)
+    assert seen["overwrite"] is True
+    config.write_text("stpes = 77\n")
+    assert main([*args, "--config", str(config)]) == 2
+    assert "unknown key 'stpes' (did you mean 'steps'?)" in capsys.readouterr().err
+
+
+def test_bare_corpus_prints_the_corpus_help(capsys: pytest.CaptureFixture) -> None:
+    assert main(["corpus"]) == 2
+    out = capsys.readouterr().out
+    assert "usage: crossdiff corpus" in out and "build" in out and "stats" in out
+
+
+def test_analyze_lists_the_analyses(capsys: pytest.CaptureFixture) -> None:
+    assert main(["analyze", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines]
+    for name in ("corpus_stats", "density", "feature_classes", "routing"):
+        assert name in names
+    assert any(line.startswith("density") and "(needs: crosscoder" in line for line in lines)
+    assert main(["analyze"]) == 2
+    assert "--list" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "train-model"])
+def test_run_and_train_model_take_no_progress_and_overwrite(command: str) -> None:
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    flags = {option for action in parser._actions for option in action.option_strings}
+    assert {"--no-progress", "--overwrite"} <= flags
+
+
+def test_train_model_no_progress_prints_no_step_lines(
+    small_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tmp_path / "m.toml"
+    config.write_text(
+        "[model]\nn_layers = 1\nd_model = 16\nn_heads = 2\nd_mlp = 32\n"
+        "[train]\ntokens = 2048\nbatch_size = 8\neval_every = 0\nlog_every = 1\n"
+        "final_eval_sequences_per_domain = 2\n"
+    )
+    argv = ["train-model", "--arch", "dense", "--corpus", str(small_corpus),
+            "--config", str(config), "--out", str(tmp_path / "m")]  # fmt: skip
+    assert main([*argv, "--no-progress"]) == 0
+    quiet = capsys.readouterr().out
+    assert main([*argv, "--out", str(tmp_path / "m2")]) == 0
+    loud = capsys.readouterr().out
+    assert "step" not in quiet and "step" in loud

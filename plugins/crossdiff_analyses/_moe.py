@@ -21,7 +21,7 @@ from crossdiff_analyses._inputs import heldout_store
 
 def run_model_paths(context: RunContext) -> dict[str, str]:
     """Model name -> the path (or hub name) it was harvested from."""
-    record = heldout_store(context).manifest["config"].get("record", {})
+    record = heldout_store(context).record  # paths resolved against the store
     models = record.get("models")
     if not models:
         raise ConfigError(

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from crossdiff.errors import StageError, unknown_choice
 from crossdiff.plugins import CrossdiffPluginManager, collect
-from crossdiff.stages import atomic_directory, read_manifest
+from crossdiff.stages import atomic_directory, read_manifest, stage_lock
 
 FigureWriter = Callable[[Path], None]
 """Draws one figure and saves it to the given path (PNG)."""
@@ -100,10 +100,15 @@ def run_analysis(
     context = RunContext(Path(run_dir))
     for stage in analysis.needs:
         context.stage_dir(stage)
-    result = analysis.run(context)
     target = context.run_dir / "analyses" / name
+    with stage_lock(target):
+        result = analysis.run(context)
+        _write_result(result, target)
+    return result, target
+
+
+def _write_result(result: AnalysisResult, target: Path) -> None:
     with atomic_directory(target) as tmp:
         (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2, sort_keys=True))
         for figure_name, draw in result.figures.items():
             draw(tmp / f"{figure_name}.png")
-    return result, target

@@ -31,3 +31,15 @@ def unknown_choice(what: str, value: str, choices: Iterable[str]) -> ConfigError
         f"unknown {what} {value!r}{did_you_mean(value, choices)}; expected one of: "
         + (", ".join(choices) if choices else "(none available)")
     )
+
+
+class DamagedFileError(StageError):
+    """A file crossdiff reads is missing, truncated or not what it should be; the path is named."""
+
+
+class StageLockedError(StageError):
+    """Another process is writing the same stage directory."""
+
+
+class SettingsChangedError(StageError):
+    """A stage directory holds work done with other settings; ``--overwrite`` replaces it."""

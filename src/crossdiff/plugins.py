@@ -2,6 +2,9 @@
 
 Every plugin, first-party ones included, is an entry point of group ``crossdiff``. A plugin that
 fails to import or register is recorded as a :class:`PluginFailure` and the others still load.
+A name is one plugin: registering in code the very module an installed entry point already
+registered is a no-op, and another object under a taken name is refused with
+:class:`PluginNameCollision` naming both (never a silent unregistration).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import pluggy
 
 from crossdiff import hookspecs
+from crossdiff.errors import ConfigError
 
 ENTRY_POINT_GROUP = "crossdiff"
 
@@ -25,6 +29,10 @@ HOOK_KINDS: dict[str, str] = {
     "crossdiff_analyses": "analysis",
 }
 """Hook name -> the kind of provider it yields, as ``crossdiff plugins`` shows it."""
+
+
+class PluginNameCollision(ConfigError):
+    """A plugin registered in code under a name another plugin already holds."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,26 @@ class CrossdiffPluginManager:
         return self.pm.hook
 
     def register(self, plugin: object, name: str, origin: str = "registered in code") -> None:
-        """Register ``plugin`` under ``name``, recording a failure instead of raising."""
+        """Register ``plugin`` under ``name``, recording a failure instead of raising.
+
+        The same object already registered under ``name`` (an installed entry point that the
+        code registers again) is kept as it is; another object under a taken name raises
+        :class:`PluginNameCollision`, leaving the registered one in place.
+        """
+        holder = self.pm.get_plugin(name)
+        if holder is plugin:
+            return
+        if holder is not None:
+            raise PluginNameCollision(
+                f"plugin name {name!r} is already taken by {self.origins.get(name, 'a plugin')}; "
+                f"{origin} is another object of that name: register it under another name, or "
+                "uninstall the installed distribution (an installed plugin needs no registration)"
+            )
+        if self.pm.is_registered(plugin):
+            raise PluginNameCollision(
+                f"plugin {name!r} ({origin}) is already registered under the name "
+                f"{self.pm.get_name(plugin)!r}; an installed plugin needs no registration in code"
+            )
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
@@ -83,6 +110,7 @@ def create_plugin_manager(
                 manager.failures.append(PluginFailure(entry_point.name, origin, message))
                 continue
             manager.register(plugin, entry_point.name, origin)
+        manager.failures.extend(_shadowed_entry_points())
     for name, plugin in plugins:
         manager.register(plugin, name)
     return manager
@@ -94,6 +122,25 @@ def _crossdiff_entry_points() -> list[importlib.metadata.EntryPoint]:
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         seen.setdefault(entry_point.name, entry_point)
     return list(seen.values())
+
+
+def _shadowed_entry_points() -> list[PluginFailure]:
+    """Entry points whose name an earlier distribution already took (they are not loaded)."""
+    first: dict[str, importlib.metadata.EntryPoint] = {}
+    shadowed = []
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name not in first:
+            first[entry_point.name] = entry_point
+        elif entry_point.value != first[entry_point.name].value:
+            shadowed.append(
+                PluginFailure(
+                    entry_point.name,
+                    _entry_point_origin(entry_point),
+                    "NameCollision: the name is taken by "
+                    f"{_entry_point_origin(first[entry_point.name])}; not loaded",
+                )
+            )
+    return shadowed
 
 
 def _entry_point_origin(entry_point: importlib.metadata.EntryPoint) -> str:

@@ -42,6 +42,6 @@ def test_bad_store_inputs_are_named(store: Path, tmp_path: Path, capsys) -> None
     assert "has several sites" in capsys.readouterr().err
     sites = ["--site", "dense=0.mlp_out", "--site", "moe=0.mlp_out"]
     assert main([*base, *sites, "--k", "800"]) == 2  # dictionary 16 x 48 = 768
-    assert "k must satisfy" in capsys.readouterr().err
+    assert "k = 800 must be below the dictionary size 768" in capsys.readouterr().err
     assert main([*base, *sites, "--batch-size", "5000"]) == 2
     assert "fewer tokens than one batch" in capsys.readouterr().err

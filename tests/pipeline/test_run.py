@@ -12,6 +12,11 @@ from crossdiff.cli import main
 from crossdiff.errors import ConfigError
 from crossdiff.pipeline import load_run_config, run_pipeline
 
+ANALYSES = (
+    "corpus_stats", "feature_classes", "density", "dashboards",
+    "routing", "expert_alignment", "early_decoding",
+)  # fmt: skip
+
 TINY_RUN = """
 name = "tiny test run"
 analyses = [
@@ -192,3 +197,43 @@ def test_the_lambda_sweep_example_trains_each_point_and_prints_the_table(tiny_ru
     assert "| 0 |" in result.stdout and "| 1 |" in result.stdout
     rerun = subprocess.run(command, capture_output=True, text=True)  # finished points skipped
     assert rerun.returncode == 0 and rerun.stdout == result.stdout
+
+
+@pytest.mark.slow
+def test_a_copied_run_finishes_from_its_own_files(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    original = tmp_path / "original"
+    shutil.copytree(tiny_run / "out", original)
+    for stage in ("crosscoder", "analyses", "report"):  # the stages left to run
+        shutil.rmtree(original / stage)
+    moved = tmp_path / "elsewhere" / "run"
+    shutil.copytree(original, moved)
+    shutil.rmtree(original)  # nothing may be read from where the run was made
+    lines: list[str] = []
+    run_pipeline(load_run_config(tiny_run / "tiny.toml"), moved, log=lines.append)
+    assert sum("up to date, skipped" in line for line in lines) == 3, lines
+    reference = tiny_run / "out"
+    for name in ["crosscoder/metrics.json", *(f"analyses/{a}/summary.json" for a in ANALYSES)]:
+        assert json.loads((moved / name).read_text()) == json.loads((reference / name).read_text())
+    assert json.loads((moved / "crosscoder/metrics.json").read_text())["ce_recovered"]["moe"]
+    shutil.rmtree(moved / "analyses" / "density")
+    assert main(["analyze", "density", "--run", str(moved)]) == 0
+    summary = "analyses/density/summary.json"
+    assert json.loads((moved / summary).read_text()) == json.loads(
+        (reference / summary).read_text()
+    )
+
+
+@pytest.mark.slow
+def test_a_rerun_with_other_crosscoder_settings_refuses_without_overwrite(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    from crossdiff.errors import SettingsChangedError
+
+    path = tmp_path / "changed.toml"
+    path.write_text(TINY_RUN.replace("steps = 300", "steps = 200"))
+    before = (tiny_run / "out" / "crosscoder" / "metrics.json").read_bytes()
+    with pytest.raises(SettingsChangedError, match=r"stage\.steps: 300 -> 200.*--overwrite"):
+        run_pipeline(load_run_config(path), tiny_run / "out", log=lambda line: None)
+    assert (tiny_run / "out" / "crosscoder" / "metrics.json").read_bytes() == before

@@ -12,7 +12,13 @@ from crossdiff.errors import ConfigError
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``corpus build`` and ``corpus stats``."""
-    corpus = commands.add_parser("corpus", help="build the three-domain corpus, show its stats")
+    corpus = commands.add_parser(
+        "corpus",
+        help="build the three-domain corpus, show its stats",
+        description="Build the corpus stage (`crossdiff corpus build`) or show the statistics "
+        "of a built one (`crossdiff corpus stats`).",
+    )
+    corpus.set_defaults(handler=lambda args: _print_help(corpus))
     corpus_commands = corpus.add_subparsers(title="corpus commands", metavar="COMMAND")
     build_cmd = corpus_commands.add_parser(
         "build",
@@ -38,6 +44,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="DOMAIN=SPEC",
         help="override a domain's text: hf:NAME[:SPLIT[:COLUMN]] or local paths",
     )
+    build_cmd.add_argument(
+        "--overwrite", action="store_true", help="rebuild a corpus made with other settings"
+    )
     build_cmd.add_argument("--seed", type=int, help="seed of the train/validation split")
     build_cmd.add_argument("--val-fraction", type=float, help="share of documents held out")
     build_cmd.add_argument("--vocab-size", type=int, help="BPE vocabulary size to train")
@@ -57,6 +66,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     stats_cmd.add_argument("path", type=Path, help="a corpus stage directory")
     stats_cmd.add_argument("--json", action="store_true", help="print the stats as JSON")
     stats_cmd.set_defaults(handler=stats)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    """``crossdiff corpus`` alone: the group's help (exit status 2, like a missing command)."""
+    parser.print_help()
+    return 2
 
 
 def build(args: argparse.Namespace) -> int:
@@ -86,7 +101,7 @@ def build(args: argparse.Namespace) -> int:
             defaults = list(CorpusConfig().domains)
             settings["domains"] = defaults + [d for d in settings["sources"] if d not in defaults]
     config = from_dict(CorpusConfig, settings, "corpus")
-    stats = build_corpus(config, args.out)
+    stats = build_corpus(config, args.out, overwrite=args.overwrite)
     print(format_stats(stats))
     return 0
 

@@ -69,6 +69,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also store position 0 (dropped by default)",
     )
+    cmd.add_argument(
+        "--overwrite", action="store_true", help="replace a store harvested with other settings"
+    )
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmd.set_defaults(handler=run)
 
@@ -108,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
         config,
         corpus_tokenizer=load_tokenizer(Path(args.corpus) / "tokenizer"),
         alignments=alignments,
-        record={"models": specs, "corpus": str(Path(args.corpus).resolve())},
+        record=store_record(specs, args.corpus, args.out),
         progress=not args.no_progress,
+        overwrite=args.overwrite,
     )
     print(f"store {info.path}: {info.tokens:,} tokens, dtype {info.dtype}")
     for model, dims in info.dims.items():
@@ -117,6 +121,18 @@ def run(args: argparse.Namespace) -> int:
             factor = info.norm_factors[model][site]
             print(f"  {model:<12} {site:<20} d={dim:<6} norm factor {factor:.4g}")
     return 0
+
+
+def store_record(models: dict[str, str], corpus: Path, out: Path) -> dict[str, Any]:
+    """The models and corpus as the store records them: relative to the store when they lie in
+    the same run directory (two levels up: ``RUN/activations/train``), absolute otherwise."""
+    from crossdiff.stages import reference
+
+    run_dir = Path(out).resolve().parent.parent
+    return {
+        "models": {name: reference(path, out, run_dir) for name, path in models.items()},
+        "corpus": reference(corpus, out, run_dir),
+    }
 
 
 def parse_models(specs: list[str], option: str = "--model") -> dict[str, str]:

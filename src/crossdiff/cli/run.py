@@ -17,6 +17,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     cmd.add_argument("config", type=Path, help="run config (TOML)")
     cmd.add_argument("--out", required=True, type=Path, help="run directory")
+    cmd.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo stages whose output was made with other settings (default: refuse)",
+    )
+    cmd.add_argument("--no-progress", action="store_true", help="no progress bars or step logs")
     cmd.set_defaults(handler=run)
 
 
@@ -25,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from crossdiff.pipeline import load_run_config, run_pipeline
 
     config = load_run_config(args.config)
-    run_pipeline(config, args.out)
+    run_pipeline(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"summary: {args.out / 'report' / 'summary.json'}")
     print(f"report:  {args.out / 'report' / 'report.html'}")
     return 0

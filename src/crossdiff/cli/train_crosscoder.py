@@ -56,21 +56,29 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--site", action="append", default=[], metavar="MODEL=SITE",
         help="the site of a model with several in the store (repeat)",
     )  # fmt: skip
+    cmd.add_argument(
+        "--config", type=Path, help="TOML file of crosscoder settings; flags given override it"
+    )
     for name, kind, text in STAGE_OPTIONS:
         cmd.add_argument(f"--{name.replace('_', '-')}", type=kind, help=_help(name, text))
+    cmd.add_argument(
+        "--overwrite", action="store_true", help="retrain over work made with other settings"
+    )
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
     cmd.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train (or resume), evaluate on the held-out shards, and write OUT/metrics.json."""
+    from crossdiff.config import from_dict, load_toml
     from crossdiff.crosscoder.stage import train_crosscoder_stage
 
+    settings = load_toml(args.config) if args.config else {}
     given = {name: getattr(args, name) for name, _, _ in STAGE_OPTIONS}
-    config = CrosscoderStageConfig(
-        **{name: value for name, value in given.items() if value is not None},
-        progress=not args.no_progress,
-    )
+    settings.update({name: value for name, value in given.items() if value is not None})
+    if args.no_progress:
+        settings["progress"] = False
+    config = from_dict(CrosscoderStageConfig, settings, "crosscoder")
     models = tuple(m.strip() for m in args.models.split(",")) if args.models else None
     metrics = train_crosscoder_stage(
         args.acts,
@@ -78,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         config,
         models=models,
         sites=parse_assignments(args.site, "--site", "MODEL=SITE"),
+        overwrite=args.overwrite,
     )
     if metrics:
         print(json.dumps(metrics, indent=2, sort_keys=True))

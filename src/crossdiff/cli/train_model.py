@@ -28,6 +28,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     cmd.add_argument("--tokens", type=int, help="override train.tokens")
     cmd.add_argument("--seed", type=int, help="override both model.seed and train.seed")
+    cmd.add_argument(
+        "--overwrite", action="store_true", help="retrain a model made with other settings"
+    )
+    cmd.add_argument("--no-progress", action="store_true", help="no step logs")
     cmd.set_defaults(handler=run)
 
 
@@ -49,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         train["tokens"] = args.tokens
     if args.seed is not None:
         model["seed"] = train["seed"] = args.seed
-    manifest = train_model_stage(args.corpus, args.out, args.arch, args.preset, model, train)
+    manifest = train_model_stage(
+        args.corpus, args.out, args.arch, args.preset, model, train,
+        overwrite=args.overwrite, progress=not args.no_progress,
+    )  # fmt: skip
     if manifest:
         print(format_summary(manifest))
     return 0

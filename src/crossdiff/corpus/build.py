@@ -21,10 +21,17 @@ from crossdiff.corpus.config import CorpusConfig
 from crossdiff.corpus.packing import pack, token_stream
 from crossdiff.corpus.sources import CorpusSource, Document, parse_source_spec
 from crossdiff.corpus.tokenizer import load_tokenizer, train_bpe_tokenizer
-from crossdiff.errors import ConfigError, unknown_choice
+from crossdiff.errors import ConfigError, DamagedFileError, unknown_choice
 from crossdiff.plugins import CrossdiffPluginManager, collect, create_plugin_manager
 from crossdiff.progress import progress_bar
-from crossdiff.stages import atomic_directory, is_complete, read_manifest, write_manifest
+from crossdiff.stages import (
+    atomic_directory,
+    fingerprint,
+    prepare_stage,
+    require_stage,
+    stage_lock,
+    write_manifest,
+)
 
 SPLITS = ("train", "validation")
 STAGE = "corpus"
@@ -91,22 +98,34 @@ def split_documents(
 
 
 def build_corpus(
-    config: CorpusConfig, out_dir: str | Path, manager: CrossdiffPluginManager | None = None
+    config: CorpusConfig,
+    out_dir: str | Path,
+    manager: CrossdiffPluginManager | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Build (or finish building) the corpus stage in ``out_dir``; return the manifest's stats.
 
     Each step is written atomically and recorded, so an interrupted build resumes where it
-    stopped, and a finished build with the same config is skipped.
+    stopped, and a finished build with the same config is skipped. A directory built with other
+    settings is refused (naming them) or, with ``overwrite``, rebuilt from scratch.
     """
     out_dir = Path(out_dir)
     settings = to_dict(config)
-    if is_complete(out_dir, settings):
-        return read_manifest(out_dir)["stats"]
-    manager = manager or create_plugin_manager()
-    previous = read_manifest(out_dir)
-    done = (
-        set(previous.get("steps", [])) if previous and previous.get("config") == settings else set()
-    )
+    with stage_lock(out_dir):
+        previous = prepare_stage(out_dir, STAGE, settings, overwrite)
+        if previous is not None and previous.get("complete"):
+            return previous["stats"]
+        return _build(config, out_dir, manager or create_plugin_manager(), settings, previous)
+
+
+def _build(
+    config: CorpusConfig,
+    out_dir: Path,
+    manager: CrossdiffPluginManager,
+    settings: dict[str, Any],
+    previous: dict[str, Any] | None,
+) -> dict[str, Any]:
+    done = set(previous.get("steps", [])) if previous else set()
     stats: dict[str, Any] = previous.get("stats", {}) if done else {}
 
     def record(step: str) -> None:
@@ -248,6 +267,12 @@ def _fingerprinted(table: Any) -> Any:
     return datasets.Dataset(InMemoryTable(table), fingerprint=fingerprint)
 
 
+def corpus_fingerprint(out_dir: str | Path) -> str:
+    """What a finished corpus holds (its settings and counts), independent of where it lies."""
+    manifest = require_stage(out_dir, STAGE, "crossdiff corpus build")
+    return fingerprint([manifest.get("config"), manifest.get("stats")])
+
+
 def load_documents(out_dir: str | Path) -> Any:
     """The corpus stage's documents, a ``datasets.DatasetDict`` with train and validation."""
     import datasets
@@ -274,10 +299,12 @@ def load_sequences(out_dir: str | Path) -> dict[str, PackedSequences]:
     import datasets
     import numpy as np
 
+    require_stage(out_dir, STAGE, "crossdiff corpus build")
     path = Path(out_dir) / "sequences"
     if not path.is_dir():
-        raise ConfigError(
-            f"no packed sequences at {str(path)!r}: run `crossdiff corpus build` first"
+        raise DamagedFileError(
+            f"no packed sequences at {str(path)!r} though the corpus manifest says complete: "
+            "rebuild it with `crossdiff corpus build --overwrite`"
         )
     splits = {}
     for split, data in datasets.load_from_disk(str(path)).items():

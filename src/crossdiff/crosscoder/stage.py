@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossdiff.errors import ConfigError
+from crossdiff.errors import ConfigError, DamagedFileError
 
 WEIGHTS_DIR = "crosscoder"
 """Subdirectory of the stage holding the trained crosscoder (``cfg.json`` + safetensors)."""
@@ -67,14 +67,63 @@ class CrosscoderStageConfig:
     def __post_init__(self) -> None:
         for name in ("expansion", "steps", "batch_size", "dead_tokens", "eval_shards"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ConfigError(f"crosscoder {name} must be a positive integer, got {value!r}")
-        if self.lr <= 0:
-            raise ConfigError(f"crosscoder lr must be positive, got {self.lr!r}")
+        for name in ("n_shared", "k_anneal_steps", "checkpoint_every", "ce_sequences", "seed"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                raise ConfigError(f"crosscoder {name} must be an integer >= 0, got {value!r}")
+        if self.dict_size is not None and (not _is_int(self.dict_size) or self.dict_size < 1):
+            raise ConfigError(
+                f"crosscoder dict_size must be a positive integer, got {self.dict_size!r}"
+            )
+        for name in ("lr", "k", "k_start"):
+            value = getattr(self, name)
+            if value is not None and not (_is_finite(value) and value > 0):
+                raise ConfigError(f"crosscoder {name} must be a finite number > 0, got {value!r}")
+        for name in ("aux_coeff", "sparsity_coeff", "shared_sparsity_ratio"):
+            value = getattr(self, name)
+            if not (_is_finite(value) and value >= 0):
+                raise ConfigError(f"crosscoder {name} must be a finite number >= 0, got {value!r}")
+        if self.dict_size is not None:
+            self.check_dictionary(self.dict_size)
         if not (self.device == "auto" or _is_device(self.device)):
             raise ConfigError(
                 f"crosscoder device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
             )
+
+    def resolved_dict_size(self, d_models: tuple[int, ...]) -> int:
+        """Latents for models of widths ``d_models``: ``dict_size`` or ``expansion`` × widest."""
+        return self.dict_size or self.expansion * max(d_models)
+
+    def resolved_k(self, d_models: tuple[int, ...]) -> float:
+        """Mean active latents per token: ``k`` or widest d_model / 8 (only when k is unset)."""
+        return self.k if self.k is not None else max(d_models) / 8
+
+    def check_dictionary(self, dict_size: int, where: str = "") -> None:
+        """Raise unless k, k_start and n_shared fit a dictionary of ``dict_size`` latents."""
+        for name in ("k", "k_start"):
+            value = getattr(self, name)
+            if value is not None and value >= dict_size:
+                raise ConfigError(
+                    f"crosscoder {name} = {value:g} must be below the dictionary size "
+                    f"{dict_size}{where}"
+                )
+        if self.n_shared >= dict_size:
+            raise ConfigError(
+                f"crosscoder n_shared = {self.n_shared} must be below the dictionary size "
+                f"{dict_size}{where}"
+            )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_device(name: str) -> bool:
@@ -90,22 +139,46 @@ def train_crosscoder_stage(
     heldout_store: str | Path | None = None,
     models: tuple[str, ...] | None = None,
     sites: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train (resuming; skipping if finished with the same settings), evaluate, return metrics.
 
     Held-out activations come from ``heldout_store`` if given, else from the last
-    ``config.eval_shards`` shards of the training store (not trained on).
+    ``config.eval_shards`` shards of the training store (not trained on). ``out_dir`` holding
+    work done with other settings (any field of ``config``, another store) is refused with the
+    settings that differ, or emptied first with ``overwrite``.
     """
-    import json
+    from crossdiff.stages import is_main_process, stage_lock
 
+    if not is_main_process():
+        return _train_stage(store_dir, out_dir, config, heldout_store, models, sites, False)
+    with stage_lock(out_dir):
+        return _train_stage(store_dir, out_dir, config, heldout_store, models, sites, overwrite)
+
+
+def _train_stage(
+    store_dir: str | Path,
+    out_dir: str | Path,
+    config: CrosscoderStageConfig,
+    heldout_store: str | Path | None,
+    models: tuple[str, ...] | None,
+    sites: dict[str, str] | None,
+    overwrite: bool,
+) -> dict[str, Any]:
     from crossdiff.config import to_dict
     from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
     from crossdiff.crosscoder.distributed import Collectives, finish_distributed, init_distributed
     from crossdiff.crosscoder.evaluate import evaluate
     from crossdiff.crosscoder.train import train
     from crossdiff.runtime import resolve_device
-    from crossdiff.stages import atomic_write_json, is_complete, write_manifest
-    from crossdiff.store import StoreReader, open_store
+    from crossdiff.stages import (
+        atomic_write_json,
+        is_main_process,
+        prepare_stage,
+        read_json_file,
+        write_manifest,
+    )
+    from crossdiff.store import StoreReader, open_store, store_fingerprint
 
     info = open_store(store_dir)
     models, sites = choose_sites(info.sites, models, sites or {})
@@ -118,11 +191,13 @@ def train_crosscoder_stage(
             "(or give a held-out store)"
         )
     train_shards = list(range(n_shards if heldout else n_shards - config.eval_shards))
+    dict_size = config.resolved_dict_size(dims)
+    config.check_dictionary(dict_size, f" ({config.expansion} x widest d_model {max(dims)})")
     cfg = CrosscoderConfig(
         models=models,
         d_models=dims,
-        dict_size=config.dict_size or config.expansion * max(dims),
-        k=config.k or max(dims) / 8,
+        dict_size=dict_size,
+        k=config.resolved_k(dims),
         n_shared=config.n_shared,
         sparsity_coeff=config.sparsity_coeff,
         shared_sparsity_ratio=config.shared_sparsity_ratio,
@@ -141,17 +216,28 @@ def train_crosscoder_stage(
         progress=config.progress,
     )
     record = {
+        "stage": to_dict(config) | {"progress": None},
         "crosscoder": to_dict(cfg),
-        "train": to_dict(tcfg),
-        "store": str(Path(store_dir).resolve()),
-        "heldout_store": str(Path(heldout_store).resolve()) if heldout_store else None,
+        "train": to_dict(tcfg) | {"progress": None},
+        "store": store_fingerprint(info),
+        "heldout_store": store_fingerprint(heldout) if heldout else None,
         "sites": sites,
         "batch_size": config.batch_size,
         "train_shards": len(train_shards),
     }
     out = Path(out_dir)
-    if is_complete(out, record):
-        return json.loads((out / "metrics.json").read_text())
+    if is_main_process():
+        manifest = prepare_stage(out, "crosscoder", record, overwrite)
+        if manifest is not None and manifest.get("complete"):
+            metrics_path = out / "metrics.json"
+            finished = read_json_file(metrics_path, "crosscoder metrics")
+            if finished is None:
+                raise DamagedFileError(
+                    f"{str(metrics_path)!r} is missing though the stage is marked complete; "
+                    "rerun with --overwrite to train again"
+                )
+            return finished
+        write_manifest(out, "crosscoder", record, complete=False)
     device = resolve_device(config.device)
     init_distributed(device)
     reader = StoreReader(
@@ -228,17 +314,20 @@ def ce_metrics(
     from crossdiff.plugins import create_plugin_manager
     from crossdiff.store import load_shard
 
-    record = info.manifest.get("config", {}).get("record", {})
-    store_cfg = info.manifest.get("config", {}).get("store", {})
-    if n_sequences <= 0 or "models" not in record or "corpus" not in record:
+    if n_sequences <= 0:
         return None
+    record = info.record  # paths resolved against the store
+    store_cfg = info.manifest.get("config", {}).get("store", {})
+    if "models" not in record or "corpus" not in record:
+        return None
+    corpus, sources = record["corpus"], record["models"]
     seqs = np.unique(np.concatenate([
         load_shard(info.shard_paths()[i])["sequences"].numpy() for i in shards
     ]))[:n_sequences]  # fmt: skip
-    split = load_sequences(record["corpus"])[store_cfg.get("split", "train")]
+    split = load_sequences(corpus)[store_cfg.get("split", "train")]
     tokens = torch.from_numpy(np.asarray(split.input_ids)[seqs].astype(np.int64))
     manager = create_plugin_manager()
-    adapters = {m: load_adapter(record["models"][m], manager) for m in model.cfg.models}
+    adapters = {m: load_adapter(sources[m], manager) for m in model.cfg.models}
     first = 1 if store_cfg.get("drop_first_position", True) else 0
     results = ce_recovered(model, adapters, sites, tokens, first_position=first)
     return {m: vars(r) for m, r in results.items()}

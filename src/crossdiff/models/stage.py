@@ -16,7 +16,15 @@ from crossdiff.corpus.stats import unigram_entropy
 from crossdiff.models.config import ModelConfig, TrainConfig, preset
 from crossdiff.models.data import check_vocabulary, validation_sets
 from crossdiff.models.params import count_parameters
-from crossdiff.stages import atomic_write_json, is_complete, read_manifest, write_manifest
+from crossdiff.stages import (
+    atomic_write_json,
+    is_main_process,
+    prepare_stage,
+    read_manifest,
+    require_stage,
+    stage_lock,
+    write_manifest,
+)
 
 STAGE = "models"
 
@@ -34,6 +42,7 @@ def configs_for_corpus(
     from crossdiff.corpus import load_sequences, load_tokenizer
 
     corpus_dir = Path(corpus_dir)
+    require_stage(corpus_dir, "corpus", "crossdiff corpus build")
     tokenizer = load_tokenizer(corpus_dir / "tokenizer")
     sequences = load_sequences(corpus_dir)
     n_ctx = int(sequences["train"].input_ids.shape[1])
@@ -66,11 +75,41 @@ def train_model_stage(
     model_overrides: dict[str, Any] | None = None,
     train_overrides: dict[str, Any] | None = None,
     on_step: Any = None,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Train (resuming if interrupted; skipping if finished) and return the manifest."""
-    from crossdiff.models.ddp import init_distributed, shutdown
+    """Train (resuming if interrupted; skipping if finished) and return the manifest.
+
+    ``out_dir`` holding a model trained with other settings (or on another corpus) is refused,
+    naming the settings, or emptied first with ``overwrite``. ``progress`` prints a line every
+    ``log_every`` steps.
+    """
+    import contextlib
 
     started = time.perf_counter()
+    require_stage(corpus_dir, "corpus", "crossdiff corpus build")
+    lock = stage_lock(out_dir) if is_main_process() else contextlib.nullcontext()
+    with lock:
+        return _train_in_context(
+            corpus_dir, out_dir, arch, preset_name, model_overrides, train_overrides, on_step,
+            overwrite, started, progress,
+        )  # fmt: skip
+
+
+def _train_in_context(
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    arch: str,
+    preset_name: str,
+    model_overrides: dict[str, Any] | None,
+    train_overrides: dict[str, Any] | None,
+    on_step: Any,
+    overwrite: bool,
+    started: float,
+    progress: bool,
+) -> dict[str, Any]:
+    from crossdiff.models.ddp import init_distributed, shutdown
+
     context = init_distributed()
     try:
         return _train_and_record(
@@ -83,6 +122,8 @@ def train_model_stage(
             on_step,
             context,
             started,
+            overwrite,
+            progress,
         )
     finally:
         shutdown(context)
@@ -98,9 +139,13 @@ def _train_and_record(
     on_step: Any,
     context: Any,
     started: float,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Train in this process (one rank of possibly several) and, on rank 0, write the stage."""
+    from crossdiff.corpus.build import corpus_fingerprint
     from crossdiff.models.checkpoint import save_weights
+    from crossdiff.models.ddp import barrier
     from crossdiff.models.load import TOKENIZER_DIR
     from crossdiff.models.train import train
 
@@ -110,13 +155,21 @@ def _train_and_record(
     )
     settings = {
         "preset": preset_name,
-        "corpus": str(Path(corpus_dir).resolve()),
+        "corpus": corpus_fingerprint(corpus_dir),
         "model": to_dict(model_config),
         "train": to_dict(train_config),
     }
-    if is_complete(out_dir, settings):
-        return read_manifest(out_dir)
-    result = train(model_config, train_config, sequences, out_dir, context, on_step=on_step)
+    manifest = read_manifest(out_dir)
+    if manifest and manifest.get("complete") and manifest.get("config") == settings:
+        return manifest
+    if context.is_main:
+        prepare_stage(out_dir, STAGE, settings, overwrite)
+        write_manifest(out_dir, STAGE, settings, complete=False)
+    barrier(context)
+    result = train(
+        model_config, train_config, sequences, out_dir, context, on_step=on_step,
+        log=print if progress else None,
+    )  # fmt: skip
     if not context.is_main:
         return {}
     save_weights(out_dir, result.model, model_config)

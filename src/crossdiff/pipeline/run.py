@@ -2,8 +2,10 @@
 
 Each stage writes its own directory under the run directory. ``RUN/pipeline.json`` records a
 fingerprint per finished stage: a hash of the stage's settings and of every upstream stage's
-fingerprint. A rerun skips a stage whose fingerprint is unchanged and whose output is complete,
-and redoes it (and everything downstream) otherwise; stages resume their own partial work.
+fingerprint. A rerun skips a stage whose fingerprint is unchanged and whose output is complete
+and calls the stage otherwise: it resumes its own partial work, and refuses output made with
+other settings (naming them) unless the run is started with ``overwrite``. Every setting is
+checked (:func:`check_run`) before the first stage starts.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from crossdiff.config import to_dict
+from crossdiff.errors import ConfigError
 from crossdiff.pipeline.config import RunConfig
 from crossdiff.plugins import CrossdiffPluginManager, create_plugin_manager
 from crossdiff.runtime import retain_freed_memory
-from crossdiff.stages import atomic_write_json, read_manifest
+from crossdiff.stages import atomic_write_json, read_json_file, read_manifest
 
 STAGES = ("corpus", "models", "harvest", "crosscoder", "analyses", "report")
 SPLITS = ("train", "validation")
@@ -33,6 +36,10 @@ class Run:
     config: RunConfig
     run_dir: Path
     manager: CrossdiffPluginManager
+    overwrite: bool = False
+    """Replace stage output made with other settings instead of refusing it."""
+    progress: bool = True
+    """Progress bars in the harvest and crosscoder stages."""
 
     @property
     def corpus_dir(self) -> Path:
@@ -57,22 +64,36 @@ class Run:
         spec = self.config.models[name]
         return spec.path if spec.path is not None else str(self.model_dir(name))
 
+    def source_reference(self, name: str, split: str) -> str:
+        """Model ``name`` as the ``split`` store records it (relative inside the run)."""
+        from crossdiff.stages import reference
+
+        return reference(self.model_source(name), self.store_dir(split), self.run_dir)
+
 
 def run_pipeline(
     config: RunConfig,
     run_dir: str | Path,
     manager: CrossdiffPluginManager | None = None,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Run (or finish) every stage of ``config`` in ``run_dir``; return ``summary.json``'s data."""
+    """Run (or finish) every stage of ``config`` in ``run_dir``; return ``summary.json``'s data.
+
+    Every setting is checked before the first stage; a stage whose directory holds output of
+    other settings refuses (naming them) unless ``overwrite``.
+    """
     from crossdiff.pipeline import stages
+    from crossdiff.stages import named_write_errors
 
     retain_freed_memory()
-    run = Run(config, Path(run_dir), manager or create_plugin_manager())
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    _check_analyses(run)
+    run = Run(config, Path(run_dir), manager or create_plugin_manager(), overwrite, progress)
+    check_run(run)
     record_path = run.run_dir / "pipeline.json"
     record = read_manifest_file(record_path)
+    with named_write_errors(run.run_dir):
+        run.run_dir.mkdir(parents=True, exist_ok=True)
     upstream = ""
     for number, stage in enumerate(STAGES, start=1):
         settings = stage_settings(config, stage)
@@ -105,21 +126,62 @@ def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
 
 
 def read_manifest_file(path: Path) -> dict[str, str]:
-    """The pipeline record, or an empty one."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    """The pipeline record, or an empty one if there is none; a damaged one raises, named."""
+    return read_json_file(path, "pipeline record") or {}
 
 
-def _check_analyses(run: Run) -> None:
+def check_run(run: Run) -> None:
+    """Check every setting of the run before any stage starts: each stage's config is built
+    and validated, and the constraints between stages hold (k below the dictionary size, the
+    harvested site inside every trained model, the analyses and local model paths exist)."""
     from crossdiff.analysis import available_analyses
     from crossdiff.errors import unknown_choice
+    from crossdiff.models.config import preset
+    from crossdiff.store import StoreConfig
 
+    config = run.config
     known = available_analyses(run.manager)
-    for name in run.config.analyses:
+    for name in config.analyses:
         if name not in known:
             raise unknown_choice("analysis", name, known)
+    spec = config.harvest
+    for split, limit in (
+        ("train", spec.train_sequences),
+        ("validation", spec.validation_sequences),
+    ):
+        StoreConfig(
+            dtype=spec.dtype, split=split, max_sequences=limit,
+            batch_sequences=spec.batch_sequences, shard_sequences=spec.shard_sequences,
+        )  # fmt: skip
+    widths: dict[str, int] = {}
+    for name, model in config.models.items():
+        if model.path is not None:
+            _check_local_path(name, model.path)
+            continue
+        model_config, _ = preset(
+            model.preset, model.arch, config.corpus.vocab_size, config.corpus.context_length,
+            model.model, model.train,
+        )  # fmt: skip
+        widths[name] = model_config.d_model
+        layer, dot, _ = spec.site.partition(".")
+        if dot and layer.isdigit() and int(layer) >= model_config.n_layers:
+            raise ConfigError(
+                f"harvest site {spec.site!r} is past model {name!r}, which has "
+                f"{model_config.n_layers} layers (0..{model_config.n_layers - 1})"
+            )
+    crosscoder = config.crosscoder
+    if len(widths) == len(config.models):  # every width known before training
+        dims = tuple(widths.values())
+        size = crosscoder.resolved_dict_size(dims)
+        how = (
+            "dict_size" if crosscoder.dict_size else f"{crosscoder.expansion} x d_model {max(dims)}"
+        )
+        crosscoder.check_dictionary(size, f" ({how})")
+
+
+def _check_local_path(name: str, path: str) -> None:
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
+        raise ConfigError(f"model {name!r}: path {path!r} does not exist")
 
 
 def _hash(text: str) -> str:

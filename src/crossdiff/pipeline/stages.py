@@ -17,7 +17,7 @@ def run_corpus(run: Run, log: Log) -> None:
     from crossdiff.cli.corpus import format_stats
     from crossdiff.corpus import build_corpus
 
-    stats = build_corpus(run.config.corpus, run.corpus_dir, run.manager)
+    stats = build_corpus(run.config.corpus, run.corpus_dir, run.manager, overwrite=run.overwrite)
     log(format_stats(stats))
 
 
@@ -38,8 +38,9 @@ def run_models(run: Run, log: Log) -> None:
             log(f"  {name}: using {spec.path}")
             continue
         manifest = train_model_stage(
-            run.corpus_dir, run.model_dir(name), spec.arch, spec.preset, spec.model, spec.train
-        )
+            run.corpus_dir, run.model_dir(name), spec.arch, spec.preset, spec.model, spec.train,
+            overwrite=run.overwrite, progress=run.progress,
+        )  # fmt: skip
         losses = ", ".join(f"{d} {v:.2f}" for d, v in manifest["val_loss"].items())
         log(f"  {name}: {manifest['active_params']:,} active parameters; val loss {losses}")
 
@@ -59,6 +60,7 @@ def run_harvest(run: Run, log: Log) -> None:
     """The same token batches through every model: a training and a held-out store."""
     from crossdiff.adapters import load_adapter
     from crossdiff.corpus import load_sequences, load_tokenizer
+    from crossdiff.stages import reference
     from crossdiff.store import StoreConfig, harvest
 
     spec = run.config.harvest
@@ -67,26 +69,37 @@ def run_harvest(run: Run, log: Log) -> None:
     }
     sequences = load_sequences(run.corpus_dir)
     tokenizer = load_tokenizer(run.corpus_dir / "tokenizer")
-    record = {
-        "models": {name: run.model_source(name) for name in run.config.models},
-        "corpus": str(run.corpus_dir),
-    }
     limits = {"train": spec.train_sequences, "validation": spec.validation_sequences}
     for split in SPLITS:
         config = StoreConfig(
             dtype=spec.dtype, split=split, max_sequences=limits[split],
             batch_sequences=spec.batch_sequences, shard_sequences=spec.shard_sequences,
         )  # fmt: skip
+        record = {  # relative to the store inside the run, so a copied run reads its own files
+            "models": {name: run.source_reference(name, split) for name in run.config.models},
+            "corpus": reference(run.corpus_dir, run.store_dir(split), run.run_dir),
+        }
         info = harvest(
             adapters, [spec.site], sequences[split], run.store_dir(split), config,
-            corpus_tokenizer=tokenizer, record=record, progress=True,
+            corpus_tokenizer=tokenizer, record=record, progress=run.progress,
+            overwrite=run.overwrite,
         )  # fmt: skip
         log(f"  {split}: {info.tokens:,} tokens of {', '.join(adapters)} at {spec.site}")
 
 
 def harvest_done(run: Run) -> bool:
-    """Both stores are complete."""
-    return all(stage_complete(run.store_dir(split)) for split in SPLITS)
+    """Both stores are complete, every shard of the recorded size with a readable header."""
+    from crossdiff.errors import DamagedFileError
+    from crossdiff.store import open_store
+
+    if not all(stage_complete(run.store_dir(split)) for split in SPLITS):
+        return False
+    try:
+        for split in SPLITS:
+            open_store(run.store_dir(split))
+    except DamagedFileError:
+        return False  # the harvest stage checks every shard and redoes the damaged ones
+    return True
 
 
 # ---------------------------------------------------------------- crosscoder
@@ -94,11 +107,16 @@ def harvest_done(run: Run) -> bool:
 
 def run_crosscoder(run: Run, log: Log) -> None:
     """Train the crosscoder on the training store; evaluate it on the held-out store."""
+    import dataclasses
+
     from crossdiff.crosscoder.stage import train_crosscoder_stage
 
+    config = run.config.crosscoder
+    config = dataclasses.replace(config, progress=config.progress and run.progress)
     metrics = train_crosscoder_stage(
-        run.store_dir("train"), run.crosscoder_dir, run.config.crosscoder,
+        run.store_dir("train"), run.crosscoder_dir, config,
         heldout_store=run.store_dir("validation"), models=tuple(run.config.models),
+        overwrite=run.overwrite,
     )  # fmt: skip
     fve = ", ".join(f"{m} {v:.3f}" for m, v in metrics["fve"].items())
     log(f"  FVE {fve}; L0 {metrics['l0']:.1f}; dead {metrics['dead_fraction']:.1%}")

@@ -6,7 +6,13 @@ it, and ``StreamingSource`` yields the same batches straight from the models wit
 
 from crossdiff.store.checks import NonFiniteActivationError, tokenizer_fingerprint
 from crossdiff.store.config import StoreConfig
-from crossdiff.store.format import FORMAT_VERSION, StoreInfo, StoreVersionError, open_store
+from crossdiff.store.format import (
+    FORMAT_VERSION,
+    StoreInfo,
+    StoreVersionError,
+    open_store,
+    store_fingerprint,
+)
 from crossdiff.store.harvest import harvest, sequence_order
 from crossdiff.store.reader import StoreReader, load_shard
 from crossdiff.store.streaming import StreamingSource
@@ -23,5 +29,6 @@ __all__ = [
     "load_shard",
     "open_store",
     "sequence_order",
+    "store_fingerprint",
     "tokenizer_fingerprint",
 ]

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossdiff.errors import ConfigError, StageError
-from crossdiff.stages import read_manifest
+from crossdiff.errors import ConfigError, DamagedFileError, StageError
+from crossdiff.stages import fingerprint, read_manifest
 
 FORMAT_VERSION = 1
 """Bumped whenever a reader of the old layout would misread the new one."""
@@ -122,13 +122,31 @@ class StoreInfo:
         """Model -> site -> factor ``f`` such that E‖f·x‖ = √D on the harvested tokens."""
         return self.manifest.get("norm_factors", {})
 
+    @property
+    def record(self) -> dict[str, Any]:
+        """What the harvest recorded of its inputs (``models``: name -> path or hub name,
+        ``corpus``), with paths resolved against the store (a moved run reads its own files)
+        and checked to exist."""
+        from crossdiff.stages import resolve_reference
+
+        record = dict(self.manifest.get("config", {}).get("record") or {})
+        if isinstance(record.get("models"), dict):
+            record["models"] = {
+                name: resolve_reference(str(value), self.path, f"model {name!r}")
+                for name, value in record["models"].items()
+            }
+        if isinstance(record.get("corpus"), str):
+            record["corpus"] = resolve_reference(record["corpus"], self.path, "the corpus")
+        return record
+
     def shard_paths(self) -> list[Path]:
         """Paths of every shard, in order (all of them exist once the store is complete)."""
         return [shard_path(self.path, i) for i in range(int(self.manifest["n_shards"]))]
 
 
 def open_store(path: str | Path, require_complete: bool = True) -> StoreInfo:
-    """Open the store at ``path``, checking that its format version is the one read here."""
+    """Open the store at ``path``, checking its format version and, when complete, that every
+    shard has the size recorded when it was written and a readable header."""
     path = Path(path)
     manifest = read_manifest(path)
     if manifest is None or manifest.get("stage") != STAGE:
@@ -143,7 +161,41 @@ def open_store(path: str | Path, require_complete: bool = True) -> StoreInfo:
             f"the store at {str(path)!r} is incomplete (harvest interrupted): rerun the same "
             "`crossdiff harvest` command to resume it"
         )
+    if info.complete:
+        check_shards(info)
     return info
+
+
+def store_fingerprint(info: StoreInfo) -> str:
+    """What a store holds, independent of where it lies (its settings, corpus and models)."""
+    return fingerprint([info.manifest.get("config"), info.manifest.get("n_shards")])
+
+
+def damaged_shard(path: str | Path, why: object) -> DamagedFileError:
+    """The error for a shard that cannot be read: its path, what is wrong, what to do."""
+    return DamagedFileError(
+        f"shard {str(path)!r} is damaged ({why}); rerun the same `crossdiff harvest` (or "
+        "`crossdiff run`) command: it checks every shard and harvests the damaged ones again"
+    )
+
+
+def check_shards(info: StoreInfo) -> None:
+    """Raise :class:`DamagedFileError` for the first shard that is missing, of another size
+    than recorded at write time, or whose header does not parse."""
+    from safetensors import safe_open
+
+    recorded = info.manifest.get("shards") or {}
+    for path in info.shard_paths():
+        if not path.is_file():
+            raise damaged_shard(path, "missing")
+        size, expected = path.stat().st_size, (recorded.get(path.name) or {}).get("size")
+        if expected is not None and size != expected:
+            raise damaged_shard(path, f"{size} bytes, {expected} when written")
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own error type
+            raise damaged_shard(path, error) from error
 
 
 def check_format_version(manifest: dict[str, Any], path: Path) -> None:

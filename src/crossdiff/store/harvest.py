@@ -9,6 +9,7 @@ result is identical, byte for byte, to an uninterrupted harvest.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,18 @@ import torch
 from crossdiff.adapters import ModelAdapter
 from crossdiff.config import to_dict
 from crossdiff.corpus import PackedSequences
-from crossdiff.errors import ConfigError, StageError
+from crossdiff.errors import ConfigError, DamagedFileError, StageError
 from crossdiff.progress import progress_bar
 from crossdiff.runtime import retain_freed_memory
-from crossdiff.stages import read_manifest, write_manifest
+from crossdiff.stages import (
+    OVERWRITE_HINT,
+    clear_stage,
+    describe_diff,
+    is_main_process,
+    read_manifest,
+    stage_lock,
+    write_manifest,
+)
 from crossdiff.store.capture import PairedSites, capture_rows, resolve_sites, row_metadata
 from crossdiff.store.checks import check_alignment, check_tokenizers
 from crossdiff.store.config import StoreConfig
@@ -43,6 +52,9 @@ from crossdiff.store.writer import (
     finished_shards,
     read_shard_metadata,
     remove_partial_shards,
+    shard_problem,
+    shard_record,
+    sum_path,
 )
 
 
@@ -64,6 +76,7 @@ def harvest(
     alignments: Mapping[str, np.ndarray] | None = None,
     record: Mapping[str, Any] | None = None,
     progress: bool = False,
+    overwrite: bool = False,
 ) -> StoreInfo:
     """Harvest ``sites`` of every model on ``sequences`` into the store ``out_dir``.
 
@@ -71,7 +84,10 @@ def harvest(
     against ``corpus_tokenizer``: a model with another vocabulary needs an alignment, an int
     array mapping each corpus id to the model's id. ``record`` is saved in the
     manifest's config (e.g. model paths) and must match on resume. Rerunning a finished
-    harvest returns at once; rerunning an interrupted one resumes it.
+    harvest returns at once (after checking its shards' sizes and headers); rerunning an
+    interrupted one resumes it, first checking every finished shard against the size and
+    checksum recorded when it was written and harvesting a damaged one again. A store of other
+    settings is refused, naming them, or replaced with ``overwrite``.
     """
     config = config or StoreConfig()
     retain_freed_memory()
@@ -101,16 +117,38 @@ def harvest(
         "n_shards": n_shards,
         "context_length": int(sequences.input_ids.shape[1]),
     }
-    existing = _prepare(out_dir, run_config)
-    if existing is not None:
-        return existing
-    write_manifest(out_dir, STAGE, run_config, complete=False, **fields)
-    remove_partial_shards(out_dir)
-    todo = [i for i in range(n_shards) if i not in finished_shards(out_dir)]
-    _write_shards(paired, sequences, order, domains, todo, out_dir, config, alignments, progress)
-    totals = _finish(out_dir, paired, n_shards)
-    write_manifest(out_dir, STAGE, run_config, complete=True, **fields, **totals)
+    if not is_main_process():
+        raise ConfigError("harvest runs in one process; do not start it under torchrun")
+    with stage_lock(out_dir):
+        existing = _prepare(out_dir, run_config, overwrite)
+        if existing is not None:
+            return existing
+        write_manifest(out_dir, STAGE, run_config, complete=False, **fields)
+        remove_partial_shards(out_dir)
+        todo = [i for i in range(n_shards) if i not in _trusted_shards(out_dir)]
+        _write_shards(
+            paired, sequences, order, domains, todo, out_dir, config, alignments, progress
+        )
+        totals = _finish(out_dir, paired, n_shards)
+        write_manifest(out_dir, STAGE, run_config, complete=True, **fields, **totals)
     return open_store(out_dir)
+
+
+def _trusted_shards(out_dir: Path) -> set[int]:
+    """The finished shards whose size and checksum match their record; others are deleted."""
+    trusted = set()
+    for index in sorted(finished_shards(out_dir)):
+        path = shard_path(out_dir, index)
+        problem = shard_problem(path)
+        if problem is None:
+            trusted.add(index)
+            continue
+        warnings.warn(
+            f"shard {str(path)!r} is damaged ({problem}); harvesting it again", stacklevel=2
+        )
+        path.unlink()
+        sum_path(path).unlink(missing_ok=True)
+    return trusted
 
 
 def _check_vocab(
@@ -167,14 +205,27 @@ def _corpus_record(sequences: PackedSequences, order: np.ndarray, domains: list[
     }
 
 
-def _prepare(out_dir: Path, run_config: dict) -> StoreInfo | None:
-    """The finished store if ``out_dir`` already holds it; raise if it holds anything else."""
-    manifest = read_manifest(out_dir)
+def _prepare(out_dir: Path, run_config: dict, overwrite: bool) -> StoreInfo | None:
+    """The finished store if ``out_dir`` already holds it intact; None to (re)harvest into it;
+    raise if it holds anything else (unless ``overwrite``, which empties it)."""
+    try:
+        manifest = read_manifest(out_dir)
+    except DamagedFileError:
+        if not overwrite:
+            raise
+        manifest = None
+        clear_stage(out_dir)
+    if manifest is not None and overwrite and manifest.get("config") != run_config:
+        clear_stage(out_dir)
+        manifest = None
     if manifest is None:
         if out_dir.exists() and any(out_dir.iterdir()):
+            if overwrite:
+                clear_stage(out_dir)
+                return None
             raise StageError(
                 f"{str(out_dir)!r} exists and is not an activation store: choose an empty "
-                "or new --out directory (nothing was written)"
+                f"or new --out directory, or {OVERWRITE_HINT} (nothing was written)"
             )
         return None
     if manifest.get("stage") != STAGE:
@@ -184,14 +235,19 @@ def _prepare(out_dir: Path, run_config: dict) -> StoreInfo | None:
         )
     check_format_version(manifest, out_dir)
     if manifest.get("config") != run_config:
-        old = manifest.get("config") or {}
-        changed = sorted(k for k in set(old) | set(run_config) if old.get(k) != run_config.get(k))
         raise StageError(
             f"the store at {str(out_dir)!r} was harvested with different settings "
-            f"({', '.join(changed)} differ); rerun with the same settings to resume it, or "
-            "harvest into a new --out directory (the existing store was left untouched)"
+            f"({describe_diff(manifest.get('config') or {}, run_config)}); rerun with the same "
+            f"settings to resume it, harvest into a new --out directory, or {OVERWRITE_HINT} "
+            "(the existing store was left untouched)"
         )
-    return open_store(out_dir) if manifest.get("complete") else None
+    if not manifest.get("complete"):
+        return None
+    try:
+        return open_store(out_dir)
+    except DamagedFileError as error:
+        warnings.warn(f"{error}; checking every shard", stacklevel=2)
+        return None
 
 
 def _write_shards(
@@ -261,6 +317,10 @@ def _finish(out_dir: Path, paired: PairedSites, n_shards: int) -> dict[str, Any]
     dims = {act_key(m, s): d for m, sites in paired.dims.items() for s, d in sites.items()}
     factors = combine_factors((m["norm_sums"] for m in metas), (m["rows"] for m in metas), dims)
     return {
+        "shards": {
+            shard_path(out_dir, i).name: shard_record(shard_path(out_dir, i))
+            for i in range(n_shards)
+        },
         "tokens": sum(m["rows"] for m in metas),
         "norm_factors": {
             m: {s: factors[act_key(m, s)] for s in sites} for m, sites in paired.names.items()

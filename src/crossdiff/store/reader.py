@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from crossdiff.errors import ConfigError, unknown_choice
-from crossdiff.store.format import StoreInfo, act_key, batch_keys, open_store
+from crossdiff.store.format import StoreInfo, act_key, batch_keys, damaged_shard, open_store
 
 
 class StoreReader:
@@ -131,21 +131,30 @@ class StoreReader:
 
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in self.keys}
         for path in paths:
-            with safe_open(str(path), framework="pt") as handle:
-                for key, (model, site) in self.keys.items():
-                    parts[key].append(handle.get_tensor(act_key(model, site)))
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    for key, (model, site) in self.keys.items():
+                        parts[key].append(handle.get_tensor(act_key(model, site)))
+            except Exception as error:  # safetensors raises its own error type
+                raise damaged_shard(path, error) from error
         return {k: torch.cat(v) for k, v in parts.items()}
 
 
 def _shard_rows(path: Path) -> int:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        return int(handle.get_slice("tokens").get_shape()[0])
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return int(handle.get_slice("tokens").get_shape()[0])
+    except Exception as error:  # safetensors raises its own error type
+        raise damaged_shard(path, error) from error
 
 
 def load_shard(path: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of one shard: ``tokens``, ``positions``, ``sequences``, ``domains``, acts."""
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type
+        raise damaged_shard(path, error) from error

@@ -1,11 +1,15 @@
 """Shards written atomically (temporary name, fsync, rename), in a background thread.
 
 A shard file either exists whole under its final name or not at all, so after a kill the
-shards present are exactly the finished ones and a resume redoes only the others.
+shards present are exactly the finished ones and a resume redoes only the others. Next to each
+shard, ``shard-NNNNNN.safetensors.sum`` records its size and SHA-256 at write time; a resume
+checks every finished shard against it and harvests a damaged one (or one without a record)
+again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -20,24 +24,78 @@ import torch
 from crossdiff.store.format import SHARD_DIR, SHARD_SUFFIX, shard_path
 
 _TMP_MARK = ".tmp-"
+SUM_SUFFIX = ".sum"
 
 
 def write_shard(
     store: str | Path, index: int, tensors: Mapping[str, torch.Tensor], metadata: dict[str, Any]
 ) -> Path:
     """Write shard ``index`` of ``store`` atomically; ``metadata`` is saved as JSON inside it."""
+    from crossdiff.stages import atomic_write_json, named_write_errors
+
     final = shard_path(store, index)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}{_TMP_MARK}{os.getpid()}")
     try:
-        with open(tmp, "wb", buffering=0) as handle:
-            write_safetensors(handle, tensors, {"crossdiff": json.dumps(metadata)})
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
+        with named_write_errors(final):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb", buffering=0) as handle:
+                hashing = _HashingFile(handle)
+                write_safetensors(hashing, tensors, {"crossdiff": json.dumps(metadata)})
+                os.fsync(handle.fileno())
+            os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    atomic_write_json(sum_path(final), {"size": hashing.size, "sha256": hashing.digest.hexdigest()})
     return final
+
+
+class _HashingFile:
+    """A binary file that hashes what is written through it."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: memoryview) -> int:
+        written = self.handle.write(data) or 0
+        self.digest.update(data[:written])
+        self.size += written
+        return written
+
+
+def sum_path(shard: Path) -> Path:
+    """The size-and-checksum record of a shard, written after it."""
+    return shard.with_name(shard.name + SUM_SUFFIX)
+
+
+def shard_record(shard: Path) -> dict[str, Any] | None:
+    """The size and SHA-256 recorded when ``shard`` was written, or None."""
+    from crossdiff.errors import DamagedFileError
+    from crossdiff.stages import read_json_file
+
+    try:
+        return read_json_file(sum_path(shard), "shard checksum")
+    except DamagedFileError:
+        return None
+
+
+def shard_problem(shard: Path) -> str | None:
+    """Why a finished shard cannot be trusted (no record, other size, other checksum), or None."""
+    record = shard_record(shard)
+    if record is None:
+        return "no size and checksum recorded"
+    size = shard.stat().st_size
+    if size != record.get("size"):
+        return f"{size} bytes, {record.get('size')} when written"
+    digest = hashlib.sha256()
+    with open(shard, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    if digest.hexdigest() != record.get("sha256"):
+        return "checksum differs from the one recorded when written"
+    return None
 
 
 _SAFETENSORS_DTYPES = {
@@ -85,8 +143,13 @@ def read_shard_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON metadata saved inside a shard (row count, norm sums, sequence range)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        return json.loads(handle.metadata()["crossdiff"])
+    from crossdiff.store.format import damaged_shard
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return json.loads(handle.metadata()["crossdiff"])
+    except Exception as error:  # safetensors raises its own error type
+        raise damaged_shard(path, error) from error
 
 
 def finished_shards(store: str | Path) -> set[int]:
@@ -104,9 +167,11 @@ def remove_partial_shards(store: str | Path) -> int:
     """Delete temporary files a killed harvest left behind; returns how many."""
     directory = Path(store) / SHARD_DIR
     removed = 0
-    for tmp in directory.glob(f".shard-*{_TMP_MARK}*") if directory.is_dir() else ():
-        tmp.unlink(missing_ok=True)
-        removed += 1
+    patterns = (f".shard-*{_TMP_MARK}*", f".shard-*{SUM_SUFFIX}.*.tmp")
+    for pattern in patterns if directory.is_dir() else ():
+        for tmp in directory.glob(pattern):
+            tmp.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 
