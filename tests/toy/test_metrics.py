@@ -67,13 +67,19 @@ def test_a_one_hot_hidden_dimension_is_monosemantic() -> None:
     assert math.isnan(metrics.monosemantic_fraction(torch.zeros(2, 3)).item())
 
 
-def test_specialisation_counts_represented_features_owning_a_monosemantic_dimension() -> None:
-    identity = torch.eye(2, 3, dtype=torch.float64)  # features 0, 1 own a dimension; 2 ignored
+def test_specialisation_is_the_dedicated_share_of_represented_features() -> None:
+    identity = torch.eye(2, 3, dtype=torch.float64)  # features 0, 1 dedicated; 2 ignored
     assert metrics.expert_specialisation(identity).item() == 1.0
-    mixed = torch.tensor([[0.7, 0.7, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    assert metrics.expert_specialisation(mixed).item() == pytest.approx(1 / 3)
+    # a rotation of the hidden space changes no feature's state (no privileged basis) ...
+    c, s = math.cos(0.6), math.sin(0.6)
+    rotated = torch.tensor([[c, -s], [s, c]], dtype=torch.float64) @ identity
+    assert metrics.expert_specialisation(rotated).item() == 1.0
+    # ... while it makes the hidden dimensions polysemantic
+    assert metrics.monosemantic_fraction(rotated).item() == 0.0
+    antipodal_and_one = torch.tensor([[1.0, -1.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    assert metrics.expert_specialisation(antipodal_and_one).item() == pytest.approx(1 / 3)
     assert math.isnan(metrics.expert_specialisation(torch.zeros(2, 3)).item())
-    batched = torch.stack([identity, mixed])  # leading expert axis
+    batched = torch.stack([identity, antipodal_and_one])  # leading expert axis
     assert metrics.expert_specialisation(batched).tolist() == pytest.approx([1.0, 1 / 3])
 
 

@@ -63,6 +63,9 @@ def feature_states(W_HN: torch.Tensor) -> torch.Tensor:
 def monosemantic_dimensions(W_HN: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per hidden dimension: (monosemantic, used), each ``[..., H]`` bool.
 
+    The toy model's hidden basis is not privileged (WᵀW is unchanged by a rotation of the hidden
+    space), so this measures the basis training happened to settle in; see docs/toy.md.
+
     Dimension h is used when its L1 weight Σ_i |W_hi| ≥ ``DEAD_ROW_L1``, and monosemantic when
     it is used and max_i |W_hi| ≥ ``MONOSEMANTIC_SHARE`` · Σ_i |W_hi|.
     """
@@ -79,18 +82,17 @@ def monosemantic_fraction(W_HN: torch.Tensor) -> torch.Tensor:
 
 
 def expert_specialisation(W_HN: torch.Tensor) -> torch.Tensor:
-    """Share of represented features that own a monosemantic dimension, ``[...]``.
+    """Share of the represented features that are monosemantic (dedicated), ``[...]``.
 
-    Feature i owns dimension h when h is monosemantic and i holds its largest weight. NaN when
-    the expert represents no feature.
+    A represented feature (‖W_i‖ ≥ ``REPRESENTED_NORM``) is monosemantic when it has a direction
+    of its own, D_i ≥ ``DEDICATED_DIMENSIONALITY``. Unlike the hidden-dimension test this does not
+    depend on the hidden basis, which the toy model does not privilege (W and QW, Q orthogonal,
+    give the same WᵀW). NaN when the expert represents no feature.
     """
-    mono_H, _ = monosemantic_dimensions(W_HN)
-    owner_H = W_HN.abs().argmax(-1)
-    n = W_HN.shape[-1]
-    owns_N = (torch.nn.functional.one_hot(owner_H, n) * mono_H[..., None]).amax(-2).bool()
-    represented_N = (W_HN**2).sum(-2).sqrt() >= REPRESENTED_NORM
-    count = represented_N.sum(-1).to(W_HN.dtype)
-    return (owns_N & represented_N).sum(-1) / count.where(count > 0, torch.nan)
+    states_N = feature_states(W_HN)
+    represented = (states_N != IGNORED).sum(-1).to(W_HN.dtype)
+    dedicated = (states_N == DEDICATED).sum(-1).to(W_HN.dtype)
+    return dedicated / represented.where(represented > 0, torch.nan)
 
 
 def router_uniformity(usage_E: torch.Tensor) -> torch.Tensor:
