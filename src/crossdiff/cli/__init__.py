@@ -7,11 +7,20 @@ import sys
 from collections.abc import Sequence
 
 from crossdiff import __version__
-from crossdiff.cli import analyze, corpus, harvest, plugins, run, train_crosscoder, train_model
+from crossdiff.cli import (
+    analyze,
+    corpus,
+    harvest,
+    plugins,
+    run,
+    toy,
+    train_crosscoder,
+    train_model,
+)
 from crossdiff.errors import CrossdiffError
 from crossdiff.runtime import retain_freed_memory
 
-COMMAND_GROUPS = (plugins, corpus, train_model, harvest, train_crosscoder, analyze, run)
+COMMAND_GROUPS = (plugins, corpus, train_model, harvest, train_crosscoder, analyze, run, toy)
 """Modules with ``add_parser(commands)``; a new command is a new module listed here."""
 
 

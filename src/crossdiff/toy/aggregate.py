@@ -1,0 +1,115 @@
+"""Sweep records reduced to the numbers the report quotes: phase grids, k/E and init tables."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+Record = dict[str, Any]
+PHASE_FEATURE = 1
+"""The phase diagram follows the second feature (the one whose relative importance varies)."""
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def phase_state(record: Record, feature: int = PHASE_FEATURE) -> int:
+    """The feature's state in a model: its experts' states, each weighted by the routing weight
+    the expert gets on samples where the feature is present."""
+    votes: Counter[int] = Counter()
+    for usage, states in zip(record["feature_usage"], record["feature_states"], strict=True):
+        votes[states[feature]] += usage[feature]
+    return max(sorted(votes), key=lambda state: votes[state])
+
+
+def phase_grid(records: list[Record], feature: int = PHASE_FEATURE) -> dict[str, Any]:
+    """Over sparsity × importance_decay: the feature's state, D_i and ‖W_i‖² in each cell.
+
+    Each cell shows its lowest-loss seed (gradient descent sometimes stops in a local minimum,
+    e.g. a same-sign pair instead of an antipodal one; Elhage et al. also keep the best of several
+    runs). D_i and ‖W_i‖² are weighted by ``feature_usage``. ``max_jump``: per sparsity, the
+    largest change of that ‖W_i‖² between neighbouring importance values (a phase change shows as
+    a jump of about 1); ``seeds_agree``: the share of cells where every seed has the best's state.
+    """
+    sparsities = sorted({r["config"]["sparsity"] for r in records})
+    decays = sorted({r["config"]["importance_decay"] for r in records})
+    cells: dict[tuple[float, float], list[Record]] = defaultdict(list)
+    for r in records:
+        cells[r["config"]["sparsity"], r["config"]["importance_decay"]].append(r)
+    state, dimensionality, norm2 = [], [], []
+    agree = 0
+    for s in sparsities:
+        state.append([]), dimensionality.append([]), norm2.append([])
+        for d in decays:
+            cell = cells[s, d]
+            best = min(cell, key=lambda r: r["loss"])
+            state[-1].append(phase_state(best, feature))
+            agree += all(phase_state(r, feature) == state[-1][-1] for r in cell)
+            dimensionality[-1].append(best["weighted_dimensionality"][feature] or 0.0)
+            norm2[-1].append(best["weighted_norm2"][feature])
+    jumps = [max((abs(b - a) for a, b in itertools.pairwise(row)), default=0.0) for row in norm2]
+    return {
+        "sparsity": sparsities,
+        "importance_decay": decays,
+        "state": state,
+        "dimensionality": dimensionality,
+        "norm2": norm2,
+        "max_jump": jumps,
+        "seeds_agree": agree / (len(sparsities) * len(decays)),
+    }
+
+
+def grouped(
+    records: list[Record], key: Callable[[Record], Any], metrics: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Mean and standard deviation over the records sharing ``key`` (seeds, typically)."""
+    groups: dict[Any, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[key(r)].append(r)
+    rows = []
+    for name in sorted(groups, key=str):
+        row: dict[str, Any] = {"key": name, "models": len(groups[name])}
+        for metric in metrics:
+            mean, std = _mean_std([r[metric] for r in groups[name]])
+            row[metric] = mean
+            row[f"{metric}_std"] = std
+        rows.append(row)
+    return rows
+
+
+NETWORK_METRICS = ("monosemantic_fraction", "specialisation", "router_uniformity", "loss")
+
+
+def network_sparsity_table(records: list[Record]) -> list[dict[str, Any]]:
+    """Rows per (E, k): k/E and the mean ± std over seeds of the network metrics."""
+    rows = grouped(records, lambda r: (r["config"]["n_experts"], r["config"]["k"]), NETWORK_METRICS)
+    for row in rows:
+        E, k = row.pop("key")
+        row.update(n_experts=E, k=k, k_over_E=k / E)
+    return sorted(rows, key=lambda row: (row["k_over_E"], row["n_experts"]))
+
+
+def init_table(records: list[Record]) -> list[dict[str, Any]]:
+    """Rows per (init, load_balance): mean ± std over seeds of the network metrics."""
+    rows = grouped(
+        records, lambda r: (r["config"]["init"], r["config"]["load_balance"]), NETWORK_METRICS
+    )
+    for row in rows:
+        init, balance = row.pop("key")
+        row.update(init=init, load_balance=balance)
+    return rows
+
+
+def showcase(records: list[Record]) -> Record:
+    """The model a sweep's stick plots and heatmaps show: sparsest, most experts, first seed."""
+    return max(
+        records,
+        key=lambda r: (r["config"]["sparsity"], r["config"]["n_experts"], -r["config"]["seed"]),
+    )

@@ -1,0 +1,116 @@
+"""The toy run's ``summary.json`` and offline ``report.html`` from the sweeps' records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from crossdiff.stages import atomic_write_json
+from crossdiff.toy import aggregate
+from crossdiff.toy.config import ToyRunConfig
+
+SUMMARY = "summary.json"
+REPORT = "report.html"
+
+
+def build_summary(config: ToyRunConfig, results: dict[str, list[dict]]) -> dict[str, Any]:
+    """Per sweep: its model count, figure kind and the reduced numbers of that kind."""
+    sweeps: dict[str, Any] = {}
+    for name, records in results.items():
+        sweep = config.sweeps[name]
+        entry: dict[str, Any] = {
+            "title": sweep.title or name,
+            "figure": sweep.figure,
+            "models": len(records),
+            "mean_loss": sum(r["loss"] for r in records) / len(records),
+        }
+        if sweep.figure == "phase":
+            entry["phase"] = aggregate.phase_grid(records)
+        elif sweep.figure == "network_sparsity":
+            entry["network_sparsity"] = aggregate.network_sparsity_table(records)
+        elif sweep.figure == "init":
+            entry["init"] = aggregate.init_table(records)
+        sweeps[name] = entry
+    return {
+        "name": config.name,
+        "models": sum(len(r) for r in results.values()),
+        "sweeps": sweeps,
+    }
+
+
+def write_toy_report(
+    config: ToyRunConfig, out: str | Path, results: dict[str, list[dict]]
+) -> dict[str, Any]:
+    """Write ``OUT/report/summary.json``, the figures and ``report.html``; the summary."""
+    from crossdiff.report import ReportSection, write_report
+    from crossdiff.toy import figures
+    from crossdiff.toy.stage import REPORT_DIR, SWEEPS_DIR, load_expert_weights
+
+    target = Path(out) / REPORT_DIR
+    target.mkdir(parents=True, exist_ok=True)
+    summary = build_summary(config, results)
+    sections = []
+    phases = [(s["title"], s["phase"]) for s in summary["sweeps"].values() if "phase" in s]
+    if phases:
+        sections.append(
+            ReportSection(
+                "Phase diagrams (n = 2, m = 1): dense and MoE side by side",
+                "The second feature's state (its experts' usage-weighted vote; ignored when "
+                "‖W_i‖ < 0.5, dedicated when D_i ≥ 0.9, superposed otherwise) and its usage-"
+                "weighted dimensionality D_i, over feature density and relative importance.",
+                {
+                    f"{title}: largest jump of ‖W_2‖² at density {1 - s:.3g}": jump
+                    for title, grid in phases
+                    for s, jump in zip(grid["sparsity"], grid["max_jump"], strict=True)
+                    if s in (grid["sparsity"][0], grid["sparsity"][-1])
+                },
+                [
+                    figures.phase_figure(phases, target / "phase_state.png", "state"),
+                    figures.phase_figure(
+                        phases, target / "phase_dimensionality.png", "dimensionality"
+                    ),
+                ],
+            )
+        )
+    for name, entry in summary["sweeps"].items():
+        records = results[name]
+        figs: list[Path] = []
+        table: dict[str, Any] = {
+            "models": entry["models"],
+            "mean held-out loss": entry["mean_loss"],
+        }
+        if "network_sparsity" in entry:
+            rows = entry["network_sparsity"]
+            figs.append(figures.network_sparsity_figure(rows, target / f"{name}_k_over_E.png"))
+            for row in rows:
+                label = f"E={row['n_experts']} k={row['k']} (k/E {row['k_over_E']:.3g})"
+                table[label] = _mean_std_text(row, "monosemantic_fraction", "specialisation")
+        if "init" in entry:
+            rows = entry["init"]
+            figs.append(figures.init_figure(rows, target / f"{name}_init.png"))
+            for row in rows:
+                label = f"init {row['init']}, load balance {row['load_balance']:g}"
+                table[label] = _mean_std_text(row, "specialisation", "monosemantic_fraction")
+        shown = aggregate.showcase(records)
+        W_EHN = load_expert_weights(Path(out) / SWEEPS_DIR / name, shown)
+        figs.append(figures.stick_figure(shown, target / f"{name}_sticks.png"))
+        figs.append(figures.gram_figure(W_EHN, target / f"{name}_gram.png"))
+        c = shown["config"]
+        text = (
+            f"{entry['models']} models. Stick plots and heatmaps: n={c['n_features']}, "
+            f"m={c['d_hidden']}, E={c['n_experts']}, k={c['k']}, S={c['sparsity']}, "
+            f"importance decay {c['importance_decay']}, init {c['init']}, seed {c['seed']}."
+        )
+        sections.append(ReportSection(entry["title"], text, table, figs))
+    atomic_write_json(target / SUMMARY, summary)
+    write_report(target / REPORT, config.name, sections)
+    return summary
+
+
+def _mean_std_text(row: dict[str, Any], *metrics: str) -> str:
+    parts = []
+    for metric in metrics:
+        mean, std = row[metric], row[f"{metric}_std"]
+        shown = "n/a" if mean is None else f"{mean:.3f} ± {std:.3f}"
+        parts.append(f"{metric.replace('_', ' ')} {shown}")
+    return "; ".join(parts)
