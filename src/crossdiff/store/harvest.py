@@ -23,6 +23,7 @@ from crossdiff.errors import ConfigError, StageError
 from crossdiff.progress import progress_bar
 from crossdiff.runtime import retain_freed_memory
 from crossdiff.stages import read_manifest, write_manifest
+from crossdiff.store.alignment import alignment_record, save_alignments
 from crossdiff.store.capture import PairedSites, capture_rows, resolve_sites, row_metadata
 from crossdiff.store.checks import check_alignment, check_tokenizers
 from crossdiff.store.config import StoreConfig
@@ -87,9 +88,13 @@ def harvest(
     if len(domains) > 255:
         raise ConfigError(f"a store holds at most 255 domains, the corpus has {len(domains)}")
     out_dir = Path(out_dir)
+    aligned = {m: {"alignment": alignment_record(a, m)} for m, a in (alignments or {}).items()}
     run_config = {
         "store": to_dict(config),
-        "models": {m: {"sites": paired.names[m], "tokenizer": fingerprints.get(m)} for m in models},
+        "models": {
+            m: {"sites": paired.names[m], "tokenizer": fingerprints.get(m), **aligned.get(m, {})}
+            for m in models
+        },
         "corpus": _corpus_record(sequences, order, domains),
         "record": dict(record or {}),
     }
@@ -105,6 +110,7 @@ def harvest(
     if existing is not None:
         return existing
     write_manifest(out_dir, STAGE, run_config, complete=False, **fields)
+    save_alignments(out_dir, alignments or {})
     remove_partial_shards(out_dir)
     todo = [i for i in range(n_shards) if i not in finished_shards(out_dir)]
     _write_shards(paired, sequences, order, domains, todo, out_dir, config, alignments, progress)
