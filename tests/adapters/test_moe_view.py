@@ -130,6 +130,7 @@ def test_routing_matches_independent_computation(moe_case: Case, tokens: torch.T
         T, K = tokens.numel(), adapter.top_k(layer)
         assert got.topk_indices.shape == got.topk_weights.shape == (T, K)
         assert got.router_logits.shape == (T, adapter.n_experts(layer))
+        torch.testing.assert_close(got.router_input, seen[layer]["input"], atol=0, rtol=0)
         torch.testing.assert_close(got.router_logits.double(), logits, atol=ATOL, rtol=0)
         want_indices, want_weights = _sort(indices, weights)
         assert torch.equal(got.topk_indices, want_indices)
