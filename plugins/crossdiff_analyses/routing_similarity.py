@@ -24,7 +24,8 @@ should choose similar top-k sets. Definitions (``S_t`` token t's K chosen expert
   on the first half of the tokens and scored on the second: the mean |π(S^A) ∩ S^B| / min(K_A, K_B),
   beside the same without matching and the chance level K_A·K_B / (E_B·min(K_A, K_B)).
 - **prompt vs continuation**: ``prompts`` held-out prompts of ``prompt_tokens`` tokens (chosen
-  seeded) are continued greedily by ``new_tokens`` tokens through the adapter's logits; the
+  seeded; default half a sequence) are continued greedily by ``new_tokens`` tokens (default the
+  other half) through the adapter's logits (every adapter has this generate path); the
   usage distribution of a prompt's tokens against that of its own continuation, of other
   prompts' continuations, and of other prompts (histogram intersection as above).
 
@@ -77,10 +78,11 @@ class SimilaritySettings:
     """Equal-width cosine bins over [-1, 1] for the curves."""
     prompts: int = 8
     """Prompts continued greedily (0: skip prompt vs continuation)."""
-    prompt_tokens: int = 32
-    """Tokens per prompt (the first tokens of a held-out sequence)."""
-    new_tokens: int = 32
-    """Tokens generated per prompt."""
+    prompt_tokens: int | None = None
+    """Tokens per prompt (the first tokens of a held-out sequence); None: half its length."""
+    new_tokens: int | None = None
+    """Tokens generated per prompt; None: the rest of the sequence length, so that prompt and
+    continuation fit the context the models were trained on."""
     seed: int = 0
     """Seed of the pair draws, the shuffled baseline and the choice of prompts."""
 
@@ -89,12 +91,21 @@ class SimilaritySettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("prompts", "prompt_tokens", "new_tokens"):
+        if not isinstance(self.prompts, int) or self.prompts < 0:
+            raise ConfigError(f"prompts must be a non-negative integer, got {self.prompts!r}")
+        for name in ("prompt_tokens", "new_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
-        if self.prompts and (self.prompt_tokens < 1 or self.new_tokens < 1):
-            raise ConfigError("prompt_tokens and new_tokens must be ≥ 1 when prompts > 0")
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+
+    def prompt_lengths(self, sequence_length: int) -> tuple[int, int]:
+        """``(prompt_tokens, new_tokens)`` for held-out sequences of ``sequence_length``."""
+        prompt = self.prompt_tokens or max(1, sequence_length // 2)
+        if prompt > sequence_length:
+            raise ConfigError(
+                f"prompt_tokens={prompt} is longer than the sequences ({sequence_length} tokens)"
+            )
+        return prompt, self.new_tokens or max(1, sequence_length - prompt)
 
 
 # ---------------------------------------------------------------- pure statistics
@@ -464,26 +475,26 @@ def model_similarity(
             "collapse": collapse(x, topk, routed.labels, e, settings.pairs, rng),
         }
     if settings.prompts:
-        prompts = choose_prompts(batches, settings)
+        prompts, new_tokens = choose_prompts(batches, settings)
         out["prompt_continuation"] = {
             "prompts": len(prompts),
-            "new_tokens": settings.new_tokens,
-            "layers": prompt_continuation(adapter, prompts, settings.new_tokens, layers),
+            "prompt_tokens": prompts.shape[1],
+            "new_tokens": new_tokens,
+            "layers": prompt_continuation(adapter, prompts, new_tokens, layers),
         }
     return out, routed
 
 
-def choose_prompts(batches: dict[str, list[torch.Tensor]], settings: SimilaritySettings):
-    """``[N, prompt_tokens]`` prompts: the first tokens of held-out sequences chosen seeded."""
+def choose_prompts(
+    batches: dict[str, list[torch.Tensor]], settings: SimilaritySettings
+) -> tuple[torch.Tensor, int]:
+    """``([N, prompt_tokens] prompts, new_tokens)``: the first tokens of held-out sequences,
+    chosen seeded."""
     rows = torch.cat([t for domain in batches.values() for t in domain])
-    if rows.shape[1] < settings.prompt_tokens:
-        raise ConfigError(
-            f"prompt_tokens={settings.prompt_tokens} is longer than the sequences "
-            f"({rows.shape[1]} tokens)"
-        )
+    prompt_tokens, new_tokens = settings.prompt_lengths(rows.shape[1])
     rng = np.random.default_rng(settings.seed)
     chosen = rng.choice(len(rows), min(settings.prompts, len(rows)), replace=False)
-    return rows[torch.as_tensor(np.sort(chosen)), : settings.prompt_tokens]
+    return rows[torch.as_tensor(np.sort(chosen)), :prompt_tokens], new_tokens
 
 
 def models_cross(routed: dict[str, Routed], adapters: dict[str, ModelAdapter]) -> dict[str, Any]:

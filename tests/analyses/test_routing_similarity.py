@@ -199,6 +199,9 @@ def test_greedy_continuation_is_the_models_own_greedy_generate() -> None:
 def test_bad_settings_and_layers_are_named() -> None:
     with pytest.raises(ConfigError, match="pairs must be a positive integer, got 0"):
         SimilaritySettings(pairs=0)
+    with pytest.raises(ConfigError, match="new_tokens must be a positive integer or None, got 0"):
+        SimilaritySettings(new_tokens=0)
+    assert SimilaritySettings().prompt_lengths(32) == (16, 16)
     with pytest.raises(ConfigError, match="prompt_tokens=40 is longer than the sequences"):
         model_similarity("m", get_case("mixtral").adapter, _batches(),
                          SimilaritySettings(pairs=10, prompt_tokens=40))  # fmt: skip

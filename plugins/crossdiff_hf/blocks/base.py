@@ -15,7 +15,7 @@ import torch
 from crossdiff.errors import ConfigError
 
 ROUTER_NAMES = ("gate", "router")
-"""Names the router child of an MoE block goes by (Mixtral ``gate``, PhiMoE/GraniteMoE ``router``)."""
+"""Names of an MoE block's router child (Mixtral ``gate``, PhiMoE and GraniteMoE ``router``)."""
 UNWEIGHTED_SHARED = ("shared_experts", "shared_mlp")
 """Always-on children added to the routed sum unweighted (DeepSeek, HunYuan-MoE)."""
 PLUGIN_DOCS = "docs/plugins.md"
