@@ -54,6 +54,12 @@ ANALYSES = (
         ("corpus", "activations/validation"),
         "crossdiff_analyses.early_decoding:EarlyDecoding",
     ),
+    LazyAnalysis(
+        "routing_similarity",
+        "MoE: hidden-state cosine vs shared experts (tokens, sequences), collapse, cross-model",
+        ("corpus", "activations/validation"),
+        "crossdiff_analyses.routing_similarity:RoutingSimilarity",
+    ),
 )
 
 

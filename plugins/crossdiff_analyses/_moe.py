@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from crossdiff.adapters import ModelAdapter, load_adapter
@@ -29,6 +30,23 @@ def run_model_paths(context: RunContext) -> dict[str, str]:
             "harvest it with `crossdiff run` so the MoE analyses can load the models"
         )
     return dict(models)
+
+
+def run_alignments(context: RunContext) -> dict[str, np.ndarray]:
+    """Model name -> its corpus-id -> model-id map, for the models harvested with an alignment."""
+    from crossdiff.store import store_alignments
+
+    return store_alignments(heldout_store(context))
+
+
+def model_batches(
+    batches: dict[str, list[torch.Tensor]], alignment: np.ndarray | None
+) -> dict[str, list[torch.Tensor]]:
+    """``batches`` of corpus ids in the model's own ids (unchanged without an alignment)."""
+    if alignment is None:
+        return batches
+    table = torch.as_tensor(np.asarray(alignment), dtype=torch.long)
+    return {domain: [table[t.long()] for t in tokens] for domain, tokens in batches.items()}
 
 
 def moe_adapters(
@@ -73,6 +91,11 @@ def check_layers(name: str, adapter: ModelAdapter, layers: Sequence[int] | None)
     require_moe_model(name, adapter)
     if layers is None:
         return adapter.moe_layers()
+    if len(layers) == 0:
+        raise ConfigError(
+            f"an empty layer list was given for model {name!r}; give None for all of its MoE "
+            f"layers {adapter.moe_layers()}"
+        )
     total = n_layers(adapter)
     for layer in layers:
         if not 0 <= layer < total:

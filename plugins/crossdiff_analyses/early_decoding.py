@@ -45,7 +45,9 @@ from crossdiff_analyses._moe import (
     check_layers,
     check_n,
     domain_batches,
+    model_batches,
     moe_adapters,
+    run_alignments,
     run_model_paths,
 )
 
@@ -236,8 +238,11 @@ class EarlyDecoding:
         settings = self.settings
         adapters = moe_adapters(run_model_paths(context), settings.models)
         batches = domain_batches(context, settings.max_sequences, settings.batch_tokens)
+        alignments = run_alignments(context)
         models = {
-            name: model_early_decoding(name, adapter, batches, settings)
+            name: model_early_decoding(
+                name, adapter, model_batches(batches, alignments.get(name)), settings
+            )
             for name, adapter in adapters.items()
         }
         figures = {}

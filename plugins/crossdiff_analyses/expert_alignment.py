@@ -37,7 +37,7 @@ from crossdiff.figures import new_figure, save_figure
 from crossdiff.latents import iter_store_batches
 from crossdiff.store import StoreInfo
 from crossdiff_analyses._inputs import heldout_store, load_crosscoder
-from crossdiff_analyses._moe import check_layers, moe_adapters, run_model_paths
+from crossdiff_analyses._moe import check_layers, moe_adapters, run_alignments, run_model_paths
 from crossdiff_analyses.routing import membership
 
 
@@ -237,13 +237,15 @@ class ExpertAlignment:
         split = store.manifest["config"]["store"]["split"]
         input_ids = load_sequences(context.stage_dir("corpus"))[split].input_ids
         classes = latent_classes(crosscoder)
+        alignments = run_alignments(context)
         models, figures = {}, {}
         for name, adapter in adapters.items():
             site = store.sites[name][0]
             layer = adapter.site(site).layer
             check_layers(name, adapter, [layer])
+            own_ids = alignments[name][input_ids] if name in alignments else input_ids
             counts = align_store(
-                crosscoder, store, adapter, input_ids, layer, settings.batch_sequences
+                crosscoder, store, adapter, own_ids, layer, settings.batch_sequences
             )
             labels = [SHARED, *(only(m) for m in crosscoder.cfg.models)]
             summary = alignment_summary(counts, adapter.top_k(layer), classes, settings, labels)

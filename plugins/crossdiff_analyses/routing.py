@@ -24,7 +24,14 @@ import torch
 from crossdiff.adapters import ModelAdapter
 from crossdiff.analysis import AnalysisResult, RunContext
 from crossdiff.figures import new_figure, save_figure
-from crossdiff_analyses._moe import check_layers, domain_batches, moe_adapters, run_model_paths
+from crossdiff_analyses._moe import (
+    check_layers,
+    domain_batches,
+    model_batches,
+    moe_adapters,
+    run_alignments,
+    run_model_paths,
+)
 
 ALL = "all"
 """The key of the statistics over every domain together."""
@@ -171,7 +178,11 @@ class Routing:
         adapters = moe_adapters(run_model_paths(context), settings.models)
         batches = domain_batches(context, settings.max_sequences, settings.batch_tokens)
         layers = list(settings.layers) if settings.layers is not None else None
-        models = {name: model_routing(name, a, batches, layers) for name, a in adapters.items()}
+        alignments = run_alignments(context)
+        models = {
+            name: model_routing(name, a, model_batches(batches, alignments.get(name)), layers)
+            for name, a in adapters.items()
+        }
         figures = {f"routing_{name}": _heatmaps(name, summary) for name, summary in models.items()}
         return AnalysisResult({"settings": _settings(settings), "models": models}, figures)
 

@@ -28,8 +28,10 @@ from crossdiff.adapters import (
     restrict_weights,
     sort_routing,
 )
-from crossdiff_hf.blocks import MoEBlockView, find_view
-from crossdiff_hf.layout import find_layout, submodule
+from crossdiff.errors import ConfigError
+from crossdiff_hf.blocks import MoEBlockView, find_view, looks_like_moe
+from crossdiff_hf.blocks.base import PLUGIN_DOCS, has_parameters
+from crossdiff_hf.layout import ATTENTION_NAMES, find_layout, submodule
 
 SITE_KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 """Common site kinds in execution order within a decoder layer."""
@@ -43,6 +45,39 @@ def _replace_first(value: Any, new: torch.Tensor) -> Any:
     return (new, *value[1:]) if isinstance(value, tuple) else new
 
 
+RECONSTRUCTION_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+"""Largest relative error of Σ w·expert + shared vs the block's output (2e-2 in half precision)."""
+
+
+def check_siblings(layer: torch.nn.Module, path: str, mlp_name: str) -> None:
+    """Refuse a decoder layer with an always-on MLP or experts beside its MLP child."""
+    for name, child in layer.named_children():
+        if name == mlp_name or not has_parameters(child):
+            continue
+        if "shared" in name or (looks_like_moe(child) and name not in ATTENTION_NAMES):
+            raise ConfigError(
+                f"decoder layer {path} has {name!r} ({type(child).__name__}) beside its "
+                f"{mlp_name!r} block; the MoE view reads one block per layer and would leave "
+                f"{path}.{name}'s output out: refusing the model ({PLUGIN_DOCS})"
+            )
+
+
+def check_reconstruction(opened: ExpertOutputs, view: MoEBlockView) -> None:
+    """Raise if Σ_k w_k·expert_k + shared does not give the block's output: a misread block."""
+    rebuilt = opened.contribution()
+    if opened.shared_output is not None:
+        rebuilt = rebuilt + opened.shared_output
+    error = float((rebuilt - opened.block_output).double().norm())
+    scale = float(opened.block_output.double().norm())
+    tolerance = RECONSTRUCTION_TOLERANCE.get(opened.block_output.dtype, 2e-2)
+    if error > tolerance * max(scale, 1e-12):
+        raise ConfigError(
+            f"MoE block {view.path} ({type(view.mlp).__name__}): the weighted expert outputs "
+            f"plus the shared part miss the block's output by {error:.3g} (of {scale:.3g}); "
+            f"its layout is not what {type(view).__name__} reads ({PLUGIN_DOCS})"
+        )
+
+
 class HuggingFaceAdapter(ModelAdapter):
     """Sites, capture, logits and the MoE view of a transformers causal LM (put in eval mode)."""
 
@@ -54,7 +89,9 @@ class HuggingFaceAdapter(ModelAdapter):
         layers = submodule(model, self.layout.layers)
         self._views: dict[int, MoEBlockView] = {}
         for index, layer in enumerate(layers):
-            view = find_view(getattr(layer, self.layout.mlp))
+            path = self.layout.layer(index)
+            check_siblings(layer, path, self.layout.mlp)
+            view = find_view(getattr(layer, self.layout.mlp), f"{path}.{self.layout.mlp}")
             if view is not None:
                 self._views[index] = view
         d_model = model.get_input_embeddings().embedding_dim
@@ -176,7 +213,8 @@ class HuggingFaceAdapter(ModelAdapter):
         with torch.no_grad(), self.traced.trace(self._tokens(tokens)) as tracer:
             for layer in sorted(layers):
                 mlp = self._mlp(layer)
-                seen[layer] = {"input": mlp.input.save(), "gate": mlp.gate.output.save()}
+                router = getattr(mlp, self._views[layer].router_name)
+                seen[layer] = {"input": mlp.input.save(), "gate": router.output.save()}
                 if outputs:
                     seen[layer]["output"] = mlp.output.save()
             tracer.stop()
@@ -188,15 +226,13 @@ class HuggingFaceAdapter(ModelAdapter):
         indices, weights = view.chosen(seen["gate"])
         with torch.no_grad():
             logits = view.router_logits(seen["gate"], x)
-        return sort_routing(logits, indices, weights)
+        return sort_routing(logits, indices, weights, x)
 
     def routing(
         self, tokens: torch.Tensor, layers: Sequence[int] | None = None
     ) -> dict[int, Routing]:
         """``{layer: Routing}`` read from each gate's output in one forward pass."""
-        layers = list(self.moe_layers() if layers is None else layers)
-        for layer in layers:
-            self.require_moe(layer)
+        layers = self.routed_layers(layers)
         seen = self._observe(tokens, layers, outputs=False)
         return {layer: self._routing(layer, seen[layer]) for layer in layers}
 
@@ -210,8 +246,10 @@ class HuggingFaceAdapter(ModelAdapter):
         with torch.no_grad():
             experts = view.expert_outputs(x, routing.topk_indices)  # [T, K, D]
             shared = view.shared_output(x)
-        block_output = seen["output"].reshape(x.shape)
-        return ExpertOutputs(x, routing, experts, shared, block_output)
+        block_output = _first(seen["output"]).reshape(x.shape)
+        opened = ExpertOutputs(x, routing, experts, shared, block_output)
+        check_reconstruction(opened, view)
+        return opened
 
     def forward_restricted(
         self,
@@ -222,18 +260,19 @@ class HuggingFaceAdapter(ModelAdapter):
         renormalise: bool = False,
     ) -> RestrictedForward:
         """Forward with each chosen layer's gate output rewritten to the restricted weights."""
-        layers = self.restriction_layers(layer)
+        layers = self.restriction_layers(layer, ablate_expert)
         outputs: dict[int, torch.Tensor] = {}
         with torch.no_grad(), self.traced.trace(self._tokens(tokens)):
             for index in layers:
                 view, mlp = self._views[index], self._mlp(index)
-                gate = mlp.gate.output
+                router = getattr(mlp, view.router_name)
+                gate = router.output
                 indices, weights = view.chosen(gate)
                 restricted = restrict_weights(
                     weights, indices, keep_top_n, ablate_expert, renormalise
                 )
-                mlp.gate.output = view.with_weights(gate, restricted)
-                outputs[index] = mlp.output.save()
+                router.output = view.with_weights(gate, restricted)
+                outputs[index] = _first(mlp.output).save()
             result = self.traced.output.save()
         blocks = {index: out.reshape(-1, out.shape[-1]) for index, out in outputs.items()}
         return RestrictedForward(result.logits, blocks)

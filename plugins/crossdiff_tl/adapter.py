@@ -112,9 +112,7 @@ class TransformerLensAdapter(ModelAdapter):
         self, tokens: torch.Tensor, layers: Sequence[int] | None = None
     ) -> dict[int, Routing]:
         """``{layer: Routing}`` read from the MoE hooks of one forward pass."""
-        layers = list(self.moe_layers() if layers is None else layers)
-        for layer in layers:
-            self.require_moe(layer)
+        layers = self.routed_layers(layers)
         seen = moe.observe(self.model, self._tokens(tokens), layers)
         return {layer: seen[layer].routing for layer in layers}
 
@@ -132,7 +130,7 @@ class TransformerLensAdapter(ModelAdapter):
         renormalise: bool = False,
     ) -> RestrictedForward:
         """Forward with routing restricted in ``layer`` (all MoE layers if None)."""
-        layers = self.restriction_layers(layer)
+        layers = self.restriction_layers(layer, ablate_expert)
         return moe.restricted_forward(
             self.model, self._tokens(tokens), layers, keep_top_n, ablate_expert, renormalise
         )

@@ -76,7 +76,7 @@ class Observed:
         with torch.no_grad():
             logits = self.mlp.W_gate(self.block_input)
         weights = used_weights(self.mlp, self.probs, self.indices)
-        return sort_routing(logits, self.indices, weights)
+        return sort_routing(logits, self.indices, weights, self.block_input)
 
     def opened(self) -> ExpertOutputs:
         """The full :class:`ExpertOutputs` record (recomputes each chosen expert)."""

@@ -57,6 +57,8 @@ class Routing:
     """``[T, K]`` chosen experts, sorted by weight (largest first)."""
     topk_weights: torch.Tensor
     """``[T, K]`` the weights the model multiplied each chosen expert's output by."""
+    router_input: torch.Tensor | None = None
+    """``[T, D]`` the vector the router scored (the block's input), or None if not known."""
 
 
 @dataclass
@@ -189,6 +191,30 @@ class ModelAdapter(ABC):
                 f"layer {layer} is not an MoE layer of this model; MoE layers: {self.moe_layers()}"
             )
 
+    def routed_layers(self, layers: Sequence[int] | None) -> list[int]:
+        """``layers`` (all MoE layers if None), checked: at least one, each an MoE layer."""
+        chosen = self.moe_layers() if layers is None else list(layers)
+        if not chosen:
+            raise ConfigError(
+                f"no MoE layers to route: {type(self.model).__name__} has none"
+                if layers is None
+                else f"an empty layer list was given; MoE layers: {self.moe_layers()}"
+            )
+        for layer in chosen:
+            self.require_moe(layer)
+        return chosen
+
+    def check_expert(self, layer: int, expert: int | None) -> None:
+        """Raise a :class:`ConfigError` unless ``expert`` is None or an expert of ``layer``."""
+        if expert is None:
+            return
+        n = self.n_experts(layer)
+        if isinstance(expert, bool) or not isinstance(expert, int) or not 0 <= expert < n:
+            raise ConfigError(
+                f"ablate_expert={expert!r} is out of range: layer {layer} has {n} experts "
+                f"(0..{n - 1})"
+            )
+
     def routing(
         self, tokens: torch.Tensor, layers: Sequence[int] | None = None
     ) -> dict[int, Routing]:
@@ -216,12 +242,15 @@ class ModelAdapter(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} has no MoE view")
 
-    def restriction_layers(self, layer: int | None) -> list[int]:
-        """The MoE layers a restricted forward touches: ``[layer]`` (checked) or all of them."""
-        if layer is None:
-            return self.moe_layers()
-        self.require_moe(layer)
-        return [layer]
+    def restriction_layers(self, layer: int | None, ablate_expert: int | None = None) -> list[int]:
+        """The MoE layers a restricted forward touches: ``[layer]`` (checked) or all of them.
+
+        Raises if there are none, or if ``ablate_expert`` is not an expert of each of them.
+        """
+        layers = self.routed_layers(None if layer is None else [layer])
+        for index in layers:
+            self.check_expert(index, ablate_expert)
+        return layers
 
 
 def restrict_weights(
@@ -256,11 +285,16 @@ def restrict_weights(
 
 
 def sort_routing(
-    router_logits: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
+    router_logits: torch.Tensor,
+    indices: torch.Tensor,
+    weights: torch.Tensor,
+    router_input: torch.Tensor | None = None,
 ) -> Routing:
     """A :class:`Routing` with the ``[T, K]`` slots sorted by weight, largest first (stable)."""
     order = weights.argsort(dim=-1, descending=True, stable=True)
-    return Routing(router_logits, indices.gather(-1, order), weights.gather(-1, order))
+    return Routing(
+        router_logits, indices.gather(-1, order), weights.gather(-1, order), router_input
+    )
 
 
 class AdapterFactory(Protocol):

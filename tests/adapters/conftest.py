@@ -31,6 +31,8 @@ class Case:
             return self.model.blocks[layer].mlp
         if self.name == "gpt2":
             return self.model.transformer.h[layer].mlp
+        if self.name == "granitemoe":
+            return self.model.model.layers[layer].block_sparse_moe
         return self.model.model.layers[layer].mlp
 
 
@@ -52,7 +54,7 @@ def get_case(name: str) -> Case:
 
 @pytest.fixture(params=MOE_CASES)
 def moe_case(request: pytest.FixtureRequest) -> Case:
-    """Each MoE family in turn (7 Hugging Face layouts and TransformerLens' native MoE)."""
+    """Each MoE family in turn (10 Hugging Face families and TransformerLens' native MoE)."""
     return get_case(request.param)
 
 

@@ -20,6 +20,8 @@ from crossdiff.errors import ConfigError
 from tests.adapters.conftest import Case, recording
 
 ATOL = 1e-5
+SHARED_CASES = ("qwen2_moe", "deepseek_v2", "deepseek_v3", "deepseek_moe", "hunyuan_v1_moe")
+"""Families whose block adds an always-on part (HunYuan-MoE's ``shared_mlp``)."""
 
 
 def _softmax_top_k(logits: torch.Tensor, k: int, renormalise: bool):
@@ -28,6 +30,20 @@ def _softmax_top_k(logits: torch.Tensor, k: int, renormalise: bool):
     if renormalise:
         weights = weights / weights.sum(-1, keepdim=True)
     return indices, weights
+
+
+def _sparsemixer(logits: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PhiMoE's eval-mode top-2: each pick's weight is a softmax over the scores within a
+    relative margin ``2·eps`` of it (the first pick masked out for the second)."""
+
+    def pick(scores: torch.Tensor, reference: torch.Tensor):
+        best, index = scores.max(-1, keepdim=True)
+        far = (best - reference) / reference.abs().clamp(min=best) > 2 * eps
+        return index, scores.masked_fill(far, float("-inf")).softmax(-1).gather(-1, index)
+
+    first, w1 = pick(logits, logits)
+    second, w2 = pick(logits.scatter(-1, first, float("-inf")), logits)
+    return torch.cat([first, second], -1), torch.cat([w1, w2], -1)
 
 
 def _best_groups(scores: torch.Tensor, n_group: int, top_groups: int, group_score) -> torch.Tensor:
@@ -47,8 +63,17 @@ def expected_routing(case: Case, layer: int, x: torch.Tensor):
         logits = x @ mlp.W_gate.weight.double().T
         return logits, *_softmax_top_k(logits, mlp.experts_per_token, mlp.cfg.norm_topk_prob)
     config = case.model.config
-    logits = x @ mlp.gate.weight.double().T  # [T, E]
+    if case.name == "hunyuan_v1_moe":
+        logits = x @ mlp.gate.wg.weight.double().T
+        return logits, *_softmax_top_k(logits, config.moe_topk, True)
+    router = mlp.router if case.name in ("phimoe", "granitemoe") else mlp.gate
+    logits = x @ router.weight.double().T  # [T, E]
     k = config.num_experts_per_tok
+    if case.name == "granitemoe":  # softmax over the top-k logits only
+        top, indices = logits.topk(k, dim=-1)
+        return logits, indices, top.softmax(-1)
+    if case.name == "phimoe":
+        return logits, *_sparsemixer(logits, config.router_jitter_noise)
     if case.name == "mixtral":
         return logits, *_softmax_top_k(logits, k, True)
     if case.name in ("olmoe", "qwen2_moe", "qwen3_moe", "deepseek_moe"):
@@ -105,6 +130,7 @@ def test_routing_matches_independent_computation(moe_case: Case, tokens: torch.T
         T, K = tokens.numel(), adapter.top_k(layer)
         assert got.topk_indices.shape == got.topk_weights.shape == (T, K)
         assert got.router_logits.shape == (T, adapter.n_experts(layer))
+        torch.testing.assert_close(got.router_input, seen[layer]["input"], atol=0, rtol=0)
         torch.testing.assert_close(got.router_logits.double(), logits, atol=ATOL, rtol=0)
         want_indices, want_weights = _sort(indices, weights)
         assert torch.equal(got.topk_indices, want_indices)
@@ -128,7 +154,7 @@ def test_weighted_expert_outputs_sum_to_block_output(moe_case: Case, tokens: tor
         torch.testing.assert_close(opened.block_input, seen[layer]["input"], atol=0, rtol=0)
         torch.testing.assert_close(opened.block_output, seen[layer]["output"], atol=0, rtol=0)
         assert opened.block_output.abs().mean() > 0.1  # so that 1e-5 is a real tolerance
-        has_shared = moe_case.name in ("qwen2_moe", "deepseek_v2", "deepseek_v3", "deepseek_moe")
+        has_shared = moe_case.name in SHARED_CASES
         assert (opened.shared_output is not None) == has_shared
         shared = 0 if opened.shared_output is None else opened.shared_output
         total = opened.contribution() + shared

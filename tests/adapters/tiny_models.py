@@ -41,6 +41,8 @@ DEEPSEEK = {
     "routed_scaling_factor": 1.5,
 }
 
+ROUTER_WEIGHTS = ("mlp.gate.weight", "mlp.router.weight", "moe.router.weight", "mlp.gate.wg.weight")
+"""Router weights of the tiny models, redrawn at unit scale."""
 HF_MOE_CASES = (
     "mixtral",
     "olmoe",
@@ -49,7 +51,11 @@ HF_MOE_CASES = (
     "deepseek_v2",
     "deepseek_v3",
     "deepseek_moe",
+    "phimoe",
+    "granitemoe",
+    "hunyuan_v1_moe",
 )
+"""Every MoE family the Hugging Face adapter reads (HunYuan-MoE: an always-on ``shared_mlp``)."""
 HF_DENSE_CASES = ("llama", "gpt2")
 
 
@@ -87,6 +93,16 @@ def hf_config(case: str):
         )
     if case == "deepseek_moe":
         return deepseek_moe_layout.DeepseekConfig(**COMMON, n_routed_experts=6)
+    if case == "phimoe":  # router named ``router``, sparsemixer top-2
+        return tf.PhimoeConfig(**COMMON, **experts, num_local_experts=4)
+    if case == "granitemoe":  # router named ``router``, block named ``block_sparse_moe``
+        return tf.GraniteMoeConfig(**COMMON, **experts, num_local_experts=5)
+    if case == "hunyuan_v1_moe":  # an always-on ``shared_mlp`` inside the block
+        return tf.HunYuanMoEV1Config(**COMMON, num_experts=4, moe_topk=2, head_dim=8)
+    if case == "granitemoeshared":  # ``shared_mlp`` BESIDE the block: refused
+        return tf.GraniteMoeSharedConfig(
+            **COMMON, **experts, num_local_experts=4, shared_intermediate_size=40
+        )
     if case == "llama":
         return tf.LlamaConfig(**COMMON)
     if case == "gpt2":
@@ -110,7 +126,7 @@ def hf_model(case: str, seed: int = 0):
         model = AutoModelForCausalLM.from_config(config, experts_implementation="eager")
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
+            if name.endswith(ROUTER_WEIGHTS):
                 param.normal_(0.0, 1.0)
         for name, buffer in model.named_buffers():
             if name.endswith("e_score_correction_bias"):

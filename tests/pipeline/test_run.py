@@ -21,7 +21,7 @@ TINY_RUN = """
 name = "tiny test run"
 analyses = [
     "corpus_stats", "feature_classes", "density", "dashboards",
-    "routing", "expert_alignment", "early_decoding",
+    "routing", "expert_alignment", "early_decoding", "routing_similarity",
 ]
 
 [corpus]
@@ -108,8 +108,15 @@ def test_the_moe_analyses_run_on_the_in_repo_moe(tiny_run: Path) -> None:
     alignment = moe["expert_alignment"]["moe"]
     assert alignment["layer"] == 1 and len(alignment["owned"]) == 4
     assert set(alignment["specific_share"]) == {"shared", "dense_only", "moe_only"}
+    similarity = moe["routing_similarity"]
+    assert set(similarity["moe"]) == {"0", "1"} and similarity["cross_model"] == {}
+    for layer in similarity["moe"].values():
+        assert -1 <= layer["spearman_within"] <= 1 and 0 < layer["mean_direction_share"] <= 1
+        assert layer["shuffled_baseline"] == pytest.approx(0.5, abs=0.05)
+        assert 0 <= layer["prompt_own_continuation"] <= 1
     figures = {p.stem for p in (out / "analyses").glob("*/*.png")}
     assert {"routing_moe", "cosine_vs_n_moe", "perplexity_vs_n_moe", "lift_matrix_moe"} <= figures
+    assert {"similarity_overlap_moe", "collapse_moe"} <= figures
     html = (out / "report" / "report.html").read_text()
     for title in ("Routing", "Early decoding", "Expert alignment"):
         assert f"<h2>{title}</h2>" in html

@@ -54,8 +54,3 @@ class DeepseekMoEView(MoEBlockView):
     def expert_output(self, expert: int, x: torch.Tensor) -> torch.Tensor:
         """``experts[expert](x)``."""
         return self.mlp.experts[expert](x)
-
-    def shared_output(self, x: torch.Tensor) -> torch.Tensor | None:
-        """``shared_experts(x)``, or None if the model has none."""
-        shared = getattr(self.mlp, "shared_experts", None)
-        return None if shared is None else shared(x)

@@ -1,9 +1,11 @@
-"""transformers 5 MoE blocks with fused experts: Mixtral, OLMoE, Qwen3-MoE, DeepSeek-V2/V3.
+"""transformers 5 MoE blocks with fused experts: Mixtral, OLMoE, Qwen3-MoE, DeepSeek-V2/V3,
+PhiMoE, GraniteMoE, HunYuan-MoE.
 
-The gate returns ``(router_logits, top_k_weights, top_k_index)`` and the block passes the last two
-to ``experts(x, top_k_index, top_k_weights)``. The experts are two 3-D tensors,
-``gate_up_proj [E, 2I, D]`` (gate rows first, then up) and ``down_proj [E, D, I]``, so expert ``e``
-is ``down_e(act(gate_e x) · up_e x)``. DeepSeek-V2/V3 add ``shared_experts(x)`` unweighted.
+The router (``gate``, or ``router`` in PhiMoE and GraniteMoE) returns ``(router_logits,
+top_k_weights, top_k_index)`` and the block passes the last two to ``experts(x, top_k_index,
+top_k_weights)``. The experts are two 3-D tensors, ``gate_up_proj [E, 2I, D]`` (gate rows first,
+then up) and ``down_proj [E, D, I]``, so expert ``e`` is ``down_e(act(gate_e x) · up_e x)``.
+DeepSeek-V2/V3 add ``shared_experts(x)`` and HunYuan-MoE ``shared_mlp(x)``, unweighted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from crossdiff.errors import ConfigError
-from crossdiff_hf.blocks.base import MoEBlockView
+from crossdiff_hf.blocks.base import MoEBlockView, router_name
 
 SUPPORTED_FLAGS = {"has_gate": True, "has_bias": False, "is_transposed": False}
 """The fused-expert weight layout this view recomputes (transformers' defaults)."""
@@ -23,8 +25,8 @@ SUPPORTED_FLAGS = {"has_gate": True, "has_bias": False, "is_transposed": False}
 class FusedExpertsView(MoEBlockView):
     """A block with ``gate`` returning a (logits, weights, indices) triple and fused ``experts``."""
 
-    def __init__(self, mlp: torch.nn.Module) -> None:
-        super().__init__(mlp)
+    def __init__(self, mlp: torch.nn.Module, path: str = "mlp") -> None:
+        super().__init__(mlp, path)
         experts = mlp.experts
         for flag, value in SUPPORTED_FLAGS.items():
             if getattr(experts, flag, value) != value:
@@ -35,10 +37,10 @@ class FusedExpertsView(MoEBlockView):
 
     @classmethod
     def matches(cls, mlp: torch.nn.Module) -> bool:
-        """A ``gate`` and ``experts`` holding ``gate_up_proj``/``down_proj`` 3-D tensors."""
+        """A router (``gate`` or ``router``) and ``experts`` holding 3-D ``gate_up_proj``."""
         experts = getattr(mlp, "experts", None)
         return (
-            hasattr(mlp, "gate")
+            router_name(mlp) is not None
             and isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor)
             and experts.gate_up_proj.dim() == 3
         )
@@ -51,7 +53,7 @@ class FusedExpertsView(MoEBlockView):
     @property
     def top_k(self) -> int:
         """The router's ``top_k``."""
-        return self.mlp.gate.top_k
+        return self.router.top_k
 
     def router_logits(self, gate_output: Any, x: torch.Tensor) -> torch.Tensor:
         """The gate's first output."""
@@ -70,8 +72,3 @@ class FusedExpertsView(MoEBlockView):
         experts = self.mlp.experts
         gate, up = F.linear(x, experts.gate_up_proj[expert]).chunk(2, dim=-1)  # [N, I] each
         return F.linear(experts.act_fn(gate) * up, experts.down_proj[expert])  # [N, D]
-
-    def shared_output(self, x: torch.Tensor) -> torch.Tensor | None:
-        """``shared_experts(x)`` (DeepSeek-V2/V3), else None."""
-        shared = getattr(self.mlp, "shared_experts", None)
-        return None if shared is None else shared(x)

@@ -19,6 +19,12 @@ class GatedSharedExpertView(FusedExpertsView):
         """Fused experts plus a ``shared_expert_gate``."""
         return super().matches(mlp) and hasattr(mlp, "shared_expert_gate")
 
+    def parts(self) -> set[str]:
+        """The fused parts plus ``shared_expert`` and ``shared_expert_gate``."""
+        return {*super().parts(), "shared_expert", "shared_expert_gate"}
+
     def shared_output(self, x: torch.Tensor) -> torch.Tensor:
         """``sigmoid(shared_expert_gate(x)) · shared_expert(x)``, ``[T, D]``."""
-        return torch.sigmoid(self.mlp.shared_expert_gate(x)) * self.mlp.shared_expert(x)
+        gated = torch.sigmoid(self.mlp.shared_expert_gate(x)) * self.mlp.shared_expert(x)
+        other = super().shared_output(x)
+        return gated if other is None else gated + other

@@ -70,7 +70,7 @@ def build_summary(run: Run) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- MoE analyses (docs: "moe.*")
 
-MOE_ANALYSES = ("routing", "early_decoding", "expert_alignment")
+MOE_ANALYSES = ("routing", "early_decoding", "expert_alignment", "routing_similarity")
 
 
 def moe_summary(analyses: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +118,42 @@ def moe_summary(analyses: dict[str, Any]) -> dict[str, Any]:
             }
             for model, data in alignment["models"].items()
         }
+    similarity = analyses.get("routing_similarity")
+    if similarity:
+        out["routing_similarity"] = similarity_summary(similarity)
+    return out
+
+
+def similarity_summary(data: dict[str, Any]) -> dict[str, Any]:
+    """Headline numbers of ``routing_similarity`` (docs/results-schema.md)."""
+    out: dict[str, Any] = {}
+    for model, summary in data["models"].items():
+        prompts = summary.get("prompt_continuation", {}).get("layers", {})
+        out[model] = {}
+        for layer, stats in summary["layers"].items():
+            token, prompt = stats["token"], prompts.get(layer, {})
+            collapse = stats["collapse"]
+            out[model][layer] = {
+                "spearman_within": token["within"]["spearman"],
+                "spearman_across": token["across"]["spearman"],
+                "spearman_mean_removed": token["within_mean_removed"]["spearman"],
+                "overlap_within": token["within"]["mean_overlap"],
+                "overlap_across": token["across"]["mean_overlap"],
+                "sequence_spearman": stats["sequence"]["all"]["spearman"],
+                "shuffled_baseline": collapse["shuffled_baseline"],
+                "ratio": collapse["ratio"],
+                "mean_direction_share": collapse["mean_direction_share"],
+                "entropy": collapse["entropy"],
+                "prompt_own_continuation": prompt.get("own_continuation"),
+                "prompt_other_continuations": prompt.get("other_continuations"),
+            }
+    out["cross_model"] = {
+        pair: {
+            layers: {k: v[k] for k in ("matched_overlap", "unmatched_overlap", "chance")}
+            for layers, v in per_layer.items()
+        }
+        for pair, per_layer in data.get("cross_model", {}).items()
+    }
     return out
 
 

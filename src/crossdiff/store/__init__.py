@@ -4,6 +4,7 @@
 it, and ``StreamingSource`` yields the same batches straight from the models with no disk.
 """
 
+from crossdiff.store.alignment import store_alignments
 from crossdiff.store.checks import NonFiniteActivationError, tokenizer_fingerprint
 from crossdiff.store.config import StoreConfig
 from crossdiff.store.format import (
@@ -29,6 +30,7 @@ __all__ = [
     "load_shard",
     "open_store",
     "sequence_order",
+    "store_alignments",
     "store_fingerprint",
     "tokenizer_fingerprint",
 ]

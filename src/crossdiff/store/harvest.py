@@ -32,6 +32,7 @@ from crossdiff.stages import (
     stage_lock,
     write_manifest,
 )
+from crossdiff.store.alignment import alignment_record, save_alignments
 from crossdiff.store.capture import PairedSites, capture_rows, resolve_sites, row_metadata
 from crossdiff.store.checks import check_alignment, check_tokenizers
 from crossdiff.store.config import StoreConfig
@@ -103,9 +104,13 @@ def harvest(
     if len(domains) > 255:
         raise ConfigError(f"a store holds at most 255 domains, the corpus has {len(domains)}")
     out_dir = Path(out_dir)
+    aligned = {m: {"alignment": alignment_record(a, m)} for m, a in (alignments or {}).items()}
     run_config = {
         "store": to_dict(config),
-        "models": {m: {"sites": paired.names[m], "tokenizer": fingerprints.get(m)} for m in models},
+        "models": {
+            m: {"sites": paired.names[m], "tokenizer": fingerprints.get(m), **aligned.get(m, {})}
+            for m in models
+        },
         "corpus": _corpus_record(sequences, order, domains),
         "record": dict(record or {}),
     }
@@ -124,6 +129,7 @@ def harvest(
         if existing is not None:
             return existing
         write_manifest(out_dir, STAGE, run_config, complete=False, **fields)
+        save_alignments(out_dir, alignments or {})
         remove_partial_shards(out_dir)
         todo = [i for i in range(n_shards) if i not in _trusted_shards(out_dir)]
         _write_shards(
