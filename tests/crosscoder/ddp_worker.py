@@ -24,11 +24,34 @@ def run() -> list[float]:
     return [s.loss for s in result.history]
 
 
+def tied_preacts() -> torch.Tensor:
+    """``[64, 48]`` small-integer pre-activations: most scores tie with many others."""
+    return torch.randint(-4, 6, (64, 48), generator=torch.Generator().manual_seed(7)).float()
+
+
+def tie_selection() -> list[int]:
+    """Global flat indices BatchTopK keeps (k·B = 200) on :func:`tied_preacts`, this process
+    selecting on its contiguous slice; gathered on every process."""
+    coll = Collectives()
+    model = small_crosscoder(rank_by_decoder_norm=False)
+    model.threshold.fill_(2.0)  # the candidate filter cuts at a tie value
+    size = 64 // coll.world
+    local = tied_preacts()[coll.rank * size : (coll.rank + 1) * size]
+    pattern, _, _ = model.batch_topk(local, 200, coll.topk_cut if coll.active else None)
+    mine = ((pattern.rows_N + coll.rank * size) * 48 + pattern.cols_N).tolist()
+    if not coll.active:
+        return mine
+    parts: list = [None] * coll.world
+    torch.distributed.all_gather_object(parts, mine)
+    return [i for part in parts for i in part]
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     init_distributed()
     losses = run()
+    ties = tie_selection()
     if Collectives().rank == 0:
         with open(sys.argv[1], "w") as handle:
-            json.dump(losses, handle)
+            json.dump({"losses": losses, "ties": ties}, handle)
     finish_distributed()

@@ -96,7 +96,8 @@ def test_k_annealing_changes_batch_l0() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux CPU")
 def test_torchrun_two_processes_give_the_one_process_loss_curve(tmp_path: Path) -> None:
-    from tests.crosscoder.ddp_worker import run
+    from tests.crosscoder.ddp_worker import run, tie_selection, tied_preacts
+    from tests.crosscoder.test_batch_topk import reference
 
     single = run()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -106,8 +107,13 @@ def test_torchrun_two_processes_give_the_one_process_loss_curve(tmp_path: Path) 
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp = json.loads((tmp_path / "l.json").read_text())
+    result = json.loads((tmp_path / "l.json").read_text())
+    ddp = result["losses"]
     assert len(ddp) == len(single) == 12
+    # BatchTopK on tied integer scores (the ties at the cut span both ranks): the two ranks
+    # keep what one process keeps
+    expected = reference(tied_preacts(), torch.ones(48), 200)
+    assert result["ties"] == tie_selection() == expected
     # same arithmetic up to float summation order: measured max relative difference 1.5e-7
     torch.testing.assert_close(torch.tensor(ddp), torch.tensor(single), rtol=1e-5, atol=1e-6)
 

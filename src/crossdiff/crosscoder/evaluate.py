@@ -122,7 +122,7 @@ def calibrate_threshold_(
     scores, n = [], 0
     for batch in batches:
         pre_BL = model.preacts(model.concat_inputs(batch)).clamp_min(0)
-        score = (pre_BL * model.rank_weights()).view(-1)
+        score = model.scores(pre_BL).view(-1)
         scores.append(score[score > 0])
         n += pre_BL.shape[0]
         if n >= max_tokens:
