@@ -159,6 +159,7 @@ def _train_stage(
     from crossdiff.stages import (
         atomic_write_json,
         is_main_process,
+        named_checkpoint_errors,
         prepare_stage,
         read_json_file,
         write_manifest,
@@ -236,7 +237,8 @@ def _train_stage(
             "lower the batch size or the held-out shards"
         )
     model = Crosscoder(cfg)
-    result = train(model, reader, tcfg, out)
+    with named_checkpoint_errors(out / "checkpoint", ("load_checkpoint",)):
+        result = train(model, reader, tcfg, out)
     rank = Collectives().rank
     finish_distributed()
     if rank != 0:
