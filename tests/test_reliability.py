@@ -32,11 +32,12 @@ SMALL_CC = ["--expansion", "4", "--batch-size", "60", "--no-progress"]
 
 
 def files(root: Path) -> dict[str, str]:
-    """Every file under ``root`` -> sha256 of its bytes."""
+    """Every file under ``root`` -> sha256 of its bytes (stage locks, which record their
+    latest holder, are not outputs)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".lock"))
     }
 
 
@@ -238,6 +239,18 @@ def _read_only_directory(tmp: Path, run: Path, corpus: Path) -> tuple[list[str],
     return argv, [str(run), "cannot write", "permission denied"]
 
 
+def _damaged_checkpoint(tmp: Path, run: Path, corpus: Path) -> tuple[list[str], list[str]]:
+    from crossdiff.stages import read_manifest, write_manifest
+
+    out = run / "crosscoder"
+    write_manifest(out, "crosscoder", read_manifest(out)["config"], complete=False)  # killed
+    for weights in (out / "checkpoint").rglob("*.safetensors"):
+        truncate(weights)
+    argv = ["train-crosscoder", "--acts", str(run / "activations" / "validation"),
+            "--out", str(out), "--steps", "20", *SMALL_CC]  # fmt: skip
+    return argv, [str(out / "checkpoint"), "is damaged", "--overwrite"]
+
+
 def _nan_learning_rate(tmp: Path, run: Path, corpus: Path) -> tuple[list[str], list[str]]:
     argv = ["train-crosscoder", "--acts", str(run / "activations" / "validation"),
             "--out", str(tmp / "cc"), "--lr", "nan", *SMALL_CC]  # fmt: skip
@@ -257,6 +270,7 @@ DAMAGES = [
     Damage("garbage corpus manifest", _garbage_corpus_manifest),
     Damage("garbage pipeline.json", _garbage_pipeline_record),
     Damage("read-only directory", _read_only_directory),
+    Damage("damaged crosscoder checkpoint", _damaged_checkpoint),
     Damage("NaN learning rate", _nan_learning_rate),
     Damage("missing corpus", _missing_corpus),
 ]

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crossdiff.errors import CrossdiffError
+from crossdiff.errors import CrossdiffError, DamagedFileError
 from crossdiff.stages import atomic_write_json
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ LEGACY_FILES = ("optimizer.pt", "rng.pt", "trainer.pt")
 """Pickle files of checkpoints written before crossdiff 0.2."""
 
 
-class CheckpointError(CrossdiffError):
+class CheckpointError(DamagedFileError):
     """A checkpoint is missing, damaged, or in a format crossdiff no longer opens."""
 
 

@@ -245,6 +245,30 @@ def require_stage(stage_dir: str | Path, stage: str, command: str) -> dict[str, 
     return manifest
 
 
+@contextlib.contextmanager
+def named_checkpoint_errors(checkpoint: str | Path, loaders: tuple[str, ...]) -> Iterator[None]:
+    """Turn an unexpected error raised inside one of the functions named ``loaders`` (the
+    checkpoint readers) into a :class:`DamagedFileError` naming ``checkpoint``."""
+    from crossdiff.errors import CrossdiffError
+
+    try:
+        yield
+    except CrossdiffError:
+        raise
+    except Exception as error:
+        frames, tb = set(), error.__traceback__
+        while tb is not None:
+            frames.add(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        if not frames & set(loaders):
+            raise
+        raise DamagedFileError(
+            f"the checkpoint at {str(checkpoint)!r} is damaged ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'unreadable'}); "
+            f"{OVERWRITE_HINT} from scratch"
+        ) from error
+
+
 def fingerprint(data: Any) -> str:
     """A short hash of JSON-able ``data`` (key order does not matter)."""
     import hashlib

@@ -174,6 +174,7 @@ def _train_stage(
     from crossdiff.stages import (
         atomic_write_json,
         is_main_process,
+        named_checkpoint_errors,
         prepare_stage,
         read_json_file,
         write_manifest,
@@ -253,7 +254,8 @@ def _train_stage(
             "lower the batch size or the held-out shards"
         )
     model = Crosscoder(cfg).to(device)
-    result = train(model, reader, tcfg, out)
+    with named_checkpoint_errors(out / "checkpoint", ("load_checkpoint",)):
+        result = train(model, reader, tcfg, out)
     rank = Collectives().rank
     finish_distributed()
     if rank != 0:

@@ -19,6 +19,7 @@ from crossdiff.models.params import count_parameters
 from crossdiff.stages import (
     atomic_write_json,
     is_main_process,
+    named_checkpoint_errors,
     prepare_stage,
     read_manifest,
     require_stage,
@@ -166,10 +167,11 @@ def _train_and_record(
         prepare_stage(out_dir, STAGE, settings, overwrite)
         write_manifest(out_dir, STAGE, settings, complete=False)
     barrier(context)
-    result = train(
-        model_config, train_config, sequences, out_dir, context, on_step=on_step,
-        log=print if progress else None,
-    )  # fmt: skip
+    with named_checkpoint_errors(out_dir / "checkpoint", ("load_checkpoint_", "load_weights_")):
+        result = train(
+            model_config, train_config, sequences, out_dir, context, on_step=on_step,
+            log=print if progress else None,
+        )  # fmt: skip
     if not context.is_main:
         return {}
     save_weights(out_dir, result.model, model_config)
