@@ -165,19 +165,8 @@ def parse_sites(specs: list[str], models: list[str]) -> dict[str, list[str]]:
     return sites
 
 
-def load_adapter(path: str, manager: Any) -> Any:
-    """An adapter for the model at ``path``.
-
-    Through the model loader plugins (``crossdiff.adapters.load_adapter``) when the core has
-    them; otherwise an in-repo model directory via ``crossdiff.models.load_model``.
-    """
+def load_adapter(path: str, manager: Any, device: str | None = None) -> Any:
+    """An adapter for the model at ``path`` on ``device``, through the model loader plugins."""
     from crossdiff import adapters
 
-    if hasattr(adapters, "load_adapter"):
-        return adapters.load_adapter(path, manager)
-    from crossdiff.models import load_model
-
-    model, tokenizer = load_model(path)
-    adapter = adapters.adapt(model, manager)
-    adapter.tokenizer = tokenizer
-    return adapter
+    return adapters.load_adapter(path, manager, device)
