@@ -89,7 +89,9 @@ def write_toy_report(
             rows = entry["init"]
             figs.append(figures.init_figure(rows, target / f"{name}_init.png"))
             for row in rows:
-                label = f"init {row['init']}, load balance {row['load_balance']:g}"
+                label = f"init {row['init']}, load balance {row['load_balance']:g}" + (
+                    "" if row["renormalise"] else ", not renormalised"
+                )
                 table[label] = _mean_std_text(row, "specialisation", "monosemantic_fraction")
         shown = aggregate.showcase(records)
         W_EHN = load_expert_weights(Path(out) / SWEEPS_DIR / name, shown)
