@@ -186,6 +186,9 @@ def toy_run_config(data: dict[str, Any], where: str = "toy config") -> ToyRunCon
             sweep.models()
         except ConfigError as error:
             raise ConfigError(f"{where}: sweep {name!r}: {error}") from None
+        except TypeError as error:  # a value of the wrong type, e.g. sparsity = "high"
+            message = f"{where}: sweep {name!r}: a setting has the wrong type ({error})"
+            raise ConfigError(message) from None
     return config
 
 
