@@ -57,6 +57,12 @@ def test_a_bad_model_inside_a_sweep_names_the_sweep() -> None:
     assert one_line(error).startswith("toy config: sweep 'grid': k (active experts)")
 
 
+def test_a_value_of_the_wrong_type_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as error:
+        toy_run_config({"sweeps": {"a": {"axes": {"sparsity": ["high"]}}}})
+    assert one_line(error).startswith("toy config: sweep 'a': a setting has the wrong type")
+
+
 def test_joint_axes_sweep_only_valid_expert_counts() -> None:
     sweep = SweepConfig(
         axes={"experts": [{"n_experts": 2, "k": 1}, {"n_experts": 2, "k": 2}], "seed": [0, 1]}

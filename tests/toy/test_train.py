@@ -63,6 +63,21 @@ def test_load_balance_is_one_for_uniform_routing_and_e_for_collapse() -> None:
     assert balanced == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("renormalise", [True, False])
+def test_with_k_1_renormalising_leaves_the_router_without_gradient(renormalise: bool) -> None:
+    params = init_params([0], [3], [1], ["random"], 4, 2, renormalise=renormalise)
+    x_MBN = torch.rand((1, 16, 4), generator=torch.Generator().manual_seed(0))
+    out = forward(params, x_MBN)
+    out.x_hat_MBN.sum().backward()
+    top_MB = out.probs_MBE.max(-1).values
+    if renormalise:  # every routed weight is p/p = 1: nothing to learn from
+        assert torch.equal(out.gates_MBE.sum(-1), torch.ones(1, 16))
+        assert params.R_MEN.grad.abs().max() < 1e-6  # rounding of p/p only
+    else:  # Switch: the weight is the probability itself
+        torch.testing.assert_close(out.gates_MBE.sum(-1), top_MB)
+        assert params.R_MEN.grad.abs().max() > 1e-4
+
+
 @pytest.mark.parametrize(
     "base",
     [

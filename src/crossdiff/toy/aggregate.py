@@ -97,13 +97,16 @@ def network_sparsity_table(records: list[Record]) -> list[dict[str, Any]]:
 
 
 def init_table(records: list[Record]) -> list[dict[str, Any]]:
-    """Rows per (init, load_balance): mean ± std over seeds of the network metrics."""
-    rows = grouped(
-        records, lambda r: (r["config"]["init"], r["config"]["load_balance"]), NETWORK_METRICS
-    )
+    """Rows per (init, load_balance, renormalise): mean ± std over seeds of the network metrics."""
+
+    def key(r: Record) -> tuple[str, float, bool]:
+        c = r["config"]
+        return c["init"], c["load_balance"], c.get("renormalise", True)
+
+    rows = grouped(records, key, NETWORK_METRICS)
     for row in rows:
-        init, balance = row.pop("key")
-        row.update(init=init, load_balance=balance)
+        init, balance, renormalise = row.pop("key")
+        row.update(init=init, load_balance=balance, renormalise=renormalise)
     return rows
 
 

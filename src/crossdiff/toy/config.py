@@ -39,6 +39,10 @@ class ToyConfig:
     at most one of a group at a time (anticorrelated); ``none``: independent features."""
     group_size: int = 2
     """Features per group for ``correlation`` and for the ``aligned`` initialisation."""
+    renormalise: bool = True
+    """Renormalise the top-k router weights over the k (Mixtral); False keeps the softmax
+    probabilities (Switch). With k = 1 and renormalising, every weight is 1, so the reconstruction
+    loss gives the router no gradient: only a load-balancing loss trains it."""
     init: Literal["random", "aligned", "dense"] = "random"
     """``random``; ``aligned``: router row e picks out feature group e (disjoint groups);
     ``dense``: every expert starts from a dense model trained first (plus small noise)."""
@@ -182,6 +186,9 @@ def toy_run_config(data: dict[str, Any], where: str = "toy config") -> ToyRunCon
             sweep.models()
         except ConfigError as error:
             raise ConfigError(f"{where}: sweep {name!r}: {error}") from None
+        except TypeError as error:  # a value of the wrong type, e.g. sparsity = "high"
+            message = f"{where}: sweep {name!r}: a setting has the wrong type ({error})"
+            raise ConfigError(message) from None
     return config
 
 

@@ -109,7 +109,10 @@ def init_figure(rows: list[dict[str, Any]], path: Path) -> Path:
     """Specialisation and monosemantic fraction per (init, load balance), mean ± std over seeds."""
     figure = new_figure(7.5, 3.2)
     axis = figure.subplots()
-    labels = [f"{row['init']}\nLB {row['load_balance']:g}" for row in rows]
+    labels = [
+        f"{row['init']}\nLB {row['load_balance']:g}" + ("" if row["renormalise"] else "\nSwitch")
+        for row in rows
+    ]
     positions = range(len(rows))
     for offset, metric in ((-0.2, "specialisation"), (0.2, "monosemantic_fraction")):
         axis.bar(

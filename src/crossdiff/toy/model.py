@@ -2,7 +2,8 @@
 
     h_e = W_e x                                  W_e ∈ R^{m×n} (tied: the decoder is W_eᵀ)
     p = softmax(R x)                             R ∈ R^{E×n}, a linear router over the input
-    w = top-k of p, renormalised over the k      (zero for the other experts)
+    w = top-k of p, renormalised over the k      (zero for the other experts; optionally
+                                                  not renormalised, Switch-style)
     x̂ = Σ_{e∈topk} w_e · ReLU(W_eᵀ h_e + b_e)
 
 The dense toy model x̂ = ReLU(WᵀW x + b) is the case E = k = 1 (the softmax of one logit is 1).
@@ -37,6 +38,8 @@ class ToyParams:
     """Each model's number of experts E (long)."""
     k_M: torch.Tensor
     """Each model's active experts per sample (long)."""
+    renormalise: bool = True
+    """Renormalise the top-k weights over the k (else keep the softmax probabilities)."""
 
     def tensors(self) -> list[torch.Tensor]:
         """The trainable tensors."""
@@ -44,7 +47,9 @@ class ToyParams:
 
     def detached(self) -> ToyParams:
         """The same weights, detached from autograd."""
-        return ToyParams(*(t.detach() for t in self.tensors()), self.experts_M, self.k_M)
+        return ToyParams(
+            *(t.detach() for t in self.tensors()), self.experts_M, self.k_M, self.renormalise
+        )
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,9 @@ def forward(params: ToyParams, x_MBN: torch.Tensor) -> ToyForward:
     top_MBK, index_MBK = probs_MBE.topk(k_max, dim=-1)
     kept_M1K = torch.arange(k_max, device=x_MBN.device) < params.k_M[:, None, None]
     top_MBK = top_MBK * kept_M1K
-    gates_MBE = torch.zeros_like(probs_MBE).scatter(
-        -1, index_MBK, top_MBK / top_MBK.sum(-1, keepdim=True)
-    )
+    if params.renormalise:
+        top_MBK = top_MBK / top_MBK.sum(-1, keepdim=True)
+    gates_MBE = torch.zeros_like(probs_MBE).scatter(-1, index_MBK, top_MBK)
     x_hat_MBN = torch.einsum("mbe,mben->mbn", gates_MBE, out_MBEN)
     return ToyForward(x_hat_MBN, probs_MBE, gates_MBE)
 
@@ -96,6 +101,7 @@ def init_params(
     d_hidden: int,
     group_size: int = 2,
     device: torch.device | str = "cpu",
+    renormalise: bool = True,
 ) -> ToyParams:
     """Initial weights of one model per entry, padded to the most experts.
 
@@ -123,4 +129,5 @@ def init_params(
         R_MEN.to(device).requires_grad_(),
         torch.tensor(list(experts), device=device),
         torch.tensor(list(ks), device=device),
+        renormalise,
     )

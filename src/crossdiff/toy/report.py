@@ -55,9 +55,11 @@ def write_toy_report(
         sections.append(
             ReportSection(
                 "Phase diagrams (n = 2, m = 1): dense and MoE side by side",
-                "The second feature's state (its experts' usage-weighted vote; ignored when "
-                "‖W_i‖ < 0.5, dedicated when D_i ≥ 0.9, superposed otherwise) and its usage-"
-                "weighted dimensionality D_i, over feature density and relative importance.",
+                "The second feature's state in each cell's lowest-loss seed (its experts' states "
+                "weighted by their routing weight where the feature is present; ignored when "
+                "‖W_i‖ < 0.5, dedicated when D_i ≥ 0.9, superposed otherwise) and its "
+                "dimensionality D_i weighted the same way, over feature density and relative "
+                "importance.",
                 {
                     f"{title}: largest jump of ‖W_2‖² at density {1 - s:.3g}": jump
                     for title, grid in phases
@@ -89,7 +91,9 @@ def write_toy_report(
             rows = entry["init"]
             figs.append(figures.init_figure(rows, target / f"{name}_init.png"))
             for row in rows:
-                label = f"init {row['init']}, load balance {row['load_balance']:g}"
+                label = f"init {row['init']}, load balance {row['load_balance']:g}" + (
+                    "" if row["renormalise"] else ", not renormalised"
+                )
                 table[label] = _mean_std_text(row, "specialisation", "monosemantic_fraction")
         shown = aggregate.showcase(records)
         W_EHN = load_expert_weights(Path(out) / SWEEPS_DIR / name, shown)
