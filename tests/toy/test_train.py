@@ -11,6 +11,7 @@ from crossdiff.errors import ConfigError
 from crossdiff.toy.config import ToyConfig
 from crossdiff.toy.model import ToyParams, forward, init_params
 from crossdiff.toy.train import load_balance_loss, train_batch, train_models
+from tests.devices import DEVICES
 
 
 def test_the_dense_model_is_relu_of_wtw_x_plus_b() -> None:
@@ -126,8 +127,12 @@ def test_models_are_grouped_into_batches_by_shape() -> None:
         train_batch(configs)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_training_runs_on_cuda() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_runs_on_device_and_matches_the_cpu(device: str) -> None:
     config = ToyConfig(n_features=5, d_hidden=2, n_experts=2, steps=20, batch_size=32)
-    batch = train_batch([config], device="cuda")
-    assert batch.params.W_MEHN.device.type == "cuda"
+    batch = train_batch([config], device=device)
+    assert batch.params.W_MEHN.device.type == device
+    reference = train_batch([config], device="cpu")
+    torch.testing.assert_close(
+        batch.params.W_MEHN.cpu(), reference.params.W_MEHN, rtol=1e-4, atol=1e-5
+    )
