@@ -215,3 +215,20 @@ def test_alignment_maps_corpus_ids_to_the_models_ids() -> None:
     mapped = model_batches(batches, table)
     assert torch.equal(mapped["a"][0], torch.as_tensor(table)[batches["a"][0]])
     assert model_batches(batches, None) is batches
+
+
+def test_the_load_balancing_example_config_trains_the_three_variants() -> None:
+    from pathlib import Path
+
+    from crossdiff.models.config import PRESETS
+    from crossdiff.pipeline import load_run_config
+
+    root = Path(__file__).resolve().parents[2]
+    config = load_run_config(root / "examples" / "load_balancing.toml")
+    assert "routing_similarity" in config.analyses
+    models = config.models
+    assert {m.arch for m in models.values()} == {"moe"}
+    assert "load_balance_coef" not in models["lb_preset"].train
+    assert PRESETS["tiny"]["train"]["load_balance_coef"] > 0
+    assert models["lb_zero"].train["load_balance_coef"] == 0.0
+    assert models["small_batch"].train["batch_size"] < PRESETS["tiny"]["train"]["batch_size"]
