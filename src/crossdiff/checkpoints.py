@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crossdiff.errors import CrossdiffError, DamagedFileError
-from crossdiff.stages import atomic_write_json
+from crossdiff.stages import OVERWRITE_HINT, atomic_write_json
 
 if TYPE_CHECKING:
     import torch
@@ -46,8 +46,8 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for every bad header
         raise CheckpointError(
-            f"checkpoint file {str(path)!r} is not a readable safetensors file ({error}); "
-            "delete the checkpoint directory to start over"
+            f"checkpoint file {str(path)!r} is damaged: not a readable safetensors file "
+            f"({error}); to start over, {OVERWRITE_HINT}"
         ) from None
 
 
@@ -61,7 +61,8 @@ def load_json(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint file {str(path)!r} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(
-            f"checkpoint file {str(path)!r} is not valid JSON ({error})"
+            f"checkpoint file {str(path)!r} is damaged: not valid JSON ({error}); to start over, "
+            f"{OVERWRITE_HINT}"
         ) from None
 
 
