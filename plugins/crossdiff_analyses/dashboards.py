@@ -49,7 +49,7 @@ class Dashboards:
         split = store.manifest["config"]["store"]["split"]
         sequences = load_sequences(corpus_dir)[split].input_ids
         tokenizer = load_tokenizer(corpus_dir / "tokenizer")
-        windows = context_windows(scan, chosen, settings)
+        windows = context_windows(scan, chosen, settings, sequences.shape[1])
         values = activations_at(crosscoder, store, windows)
         dashboards = []
         for label, latents in chosen.items():
@@ -85,9 +85,10 @@ def choose_latents(
 
 
 def context_windows(
-    scan: LatentScan, chosen: dict[str, list[int]], settings: DashboardSettings
+    scan: LatentScan, chosen: dict[str, list[int]], settings: DashboardSettings, length: int
 ) -> dict[int, list[tuple[int, list[int]]]]:
-    """Latent -> its top activations as (sequence, positions of the context window)."""
+    """Latent -> its top activations as (sequence, positions of the context window), the
+    window cut to the ``length`` positions a sequence has."""
     windows: dict[int, list[tuple[int, list[int]]]] = {}
     for latents in chosen.values():
         for latent in latents:
@@ -98,7 +99,7 @@ def context_windows(
                 sequence = int(scan.row_meta["sequences"][row])
                 position = int(scan.row_meta["positions"][row])
                 start = max(0, position - settings.window)
-                positions = list(range(start, position + settings.after + 1))
+                positions = list(range(start, min(position + settings.after + 1, length)))
                 windows[latent].append((sequence, positions))
     return windows
 

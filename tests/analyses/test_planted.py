@@ -85,3 +85,16 @@ def test_density_recovers_the_planted_order_and_tests_it(trained) -> None:
     assert tests["B_only_vs_shared"]["p_value"] < 1e-3
     assert set(summary["per_domain_median"]) == set(DOMAINS)
     assert summary["tokens"] == 20_000
+
+
+def test_dashboard_windows_stop_at_the_end_of_a_sequence() -> None:
+    """A top activation on a sequence's last position: the window may not run past it."""
+    from crossdiff.latents import LatentScan
+    from crossdiff_analyses.dashboards import DashboardSettings, context_windows
+
+    top_rows = torch.tensor([[0, 1]])  # latent 0's top row is row 0, latent 1's is row 1
+    meta = {"sequences": torch.tensor([4, 5]), "positions": torch.tensor([15, 3])}
+    scan = LatentScan(2, torch.ones(2, dtype=torch.long), {}, {}, torch.ones(1, 2), top_rows, meta)
+    windows = context_windows(scan, {"shared": [0, 1]}, DashboardSettings(window=4, after=3), 16)
+    assert windows[0] == [(4, [11, 12, 13, 14, 15])]
+    assert windows[1] == [(5, [0, 1, 2, 3, 4, 5, 6])]
