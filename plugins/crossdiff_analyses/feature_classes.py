@@ -69,8 +69,9 @@ def classify(crosscoder: Crosscoder, fires_L: torch.Tensor) -> dict[str, Any]:
     designated = classes[:n_shared]
     emergent = [i for i in range(n_shared, len(classes)) if classes[i] == "shared" and alive[i]]
     summary: dict[str, Any] = {
-        "convention": f"r = |d_B| / (|d_A| + |d_B|), A = {names[0]}, B = {names[1]}; "
-        f"A_only if r < {LOW}, B_only if r > {HIGH}, shared otherwise",
+        "convention": f"r = |d_B| / (|d_A| + |d_B|) in the crosscoder's normalised space, "
+        f"A = {names[0]}, B = {names[1]}; A_only if r < {LOW}, B_only if r > {HIGH}, "
+        "shared otherwise",
         "counts": counts,
         "designated_shared": {"total": n_shared, "classified_shared": designated.count("shared")},
         "emergent_shared": len(emergent),
