@@ -67,3 +67,19 @@ def resolve_device(device: str = "auto") -> torch.device:
     if resolved.type == "cuda" and resolved.index is None:
         resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return resolved
+
+
+def join_process_group(device: torch.device) -> None:
+    """Join the process group ``torchrun`` describes (when WORLD_SIZE > 1 and not yet joined),
+    with the backend that fits where the tensors live: NCCL for CUDA, gloo otherwise (also on a
+    machine with CUDA, for CPU tensors). The one place crossdiff sets up a process group."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

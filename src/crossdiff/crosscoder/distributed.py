@@ -8,28 +8,19 @@ reduced, so a step equals the one-process step on the global batch up to float s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 import torch
 import torch.distributed as dist
 
 from crossdiff.errors import ConfigError
-
-
-def backend_for(device: torch.device) -> str:
-    """The process-group backend for tensors on ``device``: NCCL for CUDA, gloo otherwise."""
-    return "nccl" if device.type == "cuda" else "gloo"
+from crossdiff.runtime import join_process_group
 
 
 def init_distributed(device: torch.device | None = None) -> None:
     """Join the ``torchrun`` process group if launched by it, with the backend that fits the
-    device the tensors live on (gloo for CPU tensors even where CUDA is present)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        device = device or torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend_for(device))
+    device the tensors live on (``crossdiff.runtime.join_process_group``)."""
+    join_process_group(device or torch.device("cpu"))
 
 
 def finish_distributed() -> None:

@@ -39,20 +39,13 @@ class DistContext:
 
 def init_distributed(device: str | None = None) -> DistContext:
     """Join the process group torchrun describes (if any) and pick this process's device."""
-    import torch
-    import torch.distributed as dist
+    from crossdiff.runtime import join_process_group, resolve_device
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device is None:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        if device.startswith("cuda"):
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
-    return DistContext(rank=rank, world_size=world_size, device=device)
+    resolved = resolve_device(device or "auto")
+    join_process_group(resolved)
+    return DistContext(rank=rank, world_size=world_size, device=str(resolved))
 
 
 def shutdown(context: DistContext) -> None:
