@@ -39,7 +39,6 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     path = Path(path)
-    refuse_legacy(path.parent)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {str(path)!r} is missing")
     try:
@@ -54,7 +53,6 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 def load_json(path: str | Path) -> Any:
     """Read a JSON file of a checkpoint; a missing or damaged one is a :class:`CheckpointError`."""
     path = Path(path)
-    refuse_legacy(path.parent)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
