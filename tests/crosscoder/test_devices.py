@@ -45,3 +45,22 @@ def test_train_resume_and_evaluate_on_device(device: str, dtype: str, tmp_path: 
     assert latent_classes(on_cpu) == latent_classes(resumed)
     assert torch.equal(on_cpu.W_enc_CL, resumed.W_enc_CL.cpu())
     assert on_cpu.W_enc_CL.dtype == getattr(torch, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ce_recovered_with_the_crosscoder_on_device_and_the_models_on_the_cpu(device: str) -> None:
+    from crossdiff.crosscoder.evaluate import ce_recovered
+
+    from .test_evaluate import TinyAdapter, TinyLM
+
+    adapters = {"A": TinyAdapter(TinyLM(40, 12, seed=0)), "B": TinyAdapter(TinyLM(40, 12, seed=1))}
+    tokens = torch.randint(0, 40, (4, 16), generator=torch.Generator().manual_seed(0))
+    sites = {"A": "0.mlp_out", "B": "0.mlp_out"}
+    reference = small_crosscoder()
+    reference.threshold.fill_(0.05)
+    expected = ce_recovered(reference, adapters, sites, tokens, first_position=1)
+    moved = small_crosscoder().to(device)
+    moved.load_state_dict(reference.state_dict())
+    got = ce_recovered(moved, adapters, sites, tokens, first_position=1)
+    for name in sites:
+        assert got[name].ce_spliced == pytest.approx(expected[name].ce_spliced, abs=1e-4)

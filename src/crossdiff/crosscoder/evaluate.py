@@ -186,7 +186,7 @@ def ce_recovered(
             return torch.cat([a[:, :p0], torch.zeros_like(a[:, p0:])], dim=1)
 
         def splice(a: torch.Tensor, r: torch.Tensor = recon_BPD) -> torch.Tensor:
-            return torch.cat([a[:, :p0], r.to(a.dtype).reshape(a[:, p0:].shape)], dim=1)
+            return torch.cat([a[:, :p0], r.to(a.device, a.dtype).reshape(a[:, p0:].shape)], dim=1)
 
         clean = next_token_ce(adapter.logits(tokens_BP), tokens_BP)
         zeroed = next_token_ce(adapter.logits_with_replacement(tokens_BP, site, zero), tokens_BP)
