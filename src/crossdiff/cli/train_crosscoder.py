@@ -65,6 +65,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="retrain over work made with other settings"
     )
     cmd.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cmd.add_argument(
+        "--track", choices=("none", "wandb"), default="none",
+        help="send loss, FVE, L0, dead fraction and throughput to W&B (default: none)",
+    )  # fmt: skip
+    cmd.add_argument("--track-project", default="crossdiff", help="the W&B project")
+    cmd.add_argument(
+        "--track-mode", choices=("offline", "online"), default="offline",
+        help="offline (default) writes OUT/wandb with no network; `wandb sync` uploads it",
+    )  # fmt: skip
     cmd.set_defaults(handler=run)
 
 
@@ -72,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     """Train (or resume), evaluate on the held-out shards, and write OUT/metrics.json."""
     from crossdiff.config import from_dict, load_toml
     from crossdiff.crosscoder.stage import train_crosscoder_stage
+    from crossdiff.tracking import TrackingConfig
 
     settings = load_toml(args.config) if args.config else {}
     given = {name: getattr(args, name) for name, _, _ in STAGE_OPTIONS}
@@ -87,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         models=models,
         sites=parse_assignments(args.site, "--site", "MODEL=SITE"),
         overwrite=args.overwrite,
+        tracking=TrackingConfig(args.track, args.track_project, args.track_mode),
     )
     if metrics:
         print(json.dumps(metrics, indent=2, sort_keys=True))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdiff.errors import ConfigError, DamagedFileError
+from crossdiff.tracking import TrackingConfig, open_tracker
 
 WEIGHTS_DIR = "crosscoder"
 """Subdirectory of the stage holding the trained crosscoder (``cfg.json`` + safetensors)."""
@@ -140,20 +141,23 @@ def train_crosscoder_stage(
     models: tuple[str, ...] | None = None,
     sites: dict[str, str] | None = None,
     overwrite: bool = False,
+    tracking: TrackingConfig | None = None,
 ) -> dict[str, Any]:
     """Train (resuming; skipping if finished with the same settings), evaluate, return metrics.
 
     Held-out activations come from ``heldout_store`` if given, else from the last
     ``config.eval_shards`` shards of the training store (not trained on). ``out_dir`` holding
     work done with other settings (any field of ``config``, another store) is refused with the
-    settings that differ, or emptied first with ``overwrite``.
+    settings that differ, or emptied first with ``overwrite``. ``tracking`` sends the training
+    metrics to an experiment tracker (rank 0 only; see :mod:`crossdiff.tracking`).
     """
     from crossdiff.stages import is_main_process, stage_lock
 
+    args = (store_dir, out_dir, config, heldout_store, models, sites)
     if not is_main_process():
-        return _train_stage(store_dir, out_dir, config, heldout_store, models, sites, False)
+        return _train_stage(*args, False, None)
     with stage_lock(out_dir):
-        return _train_stage(store_dir, out_dir, config, heldout_store, models, sites, overwrite)
+        return _train_stage(*args, overwrite, tracking)
 
 
 def _train_stage(
@@ -164,6 +168,7 @@ def _train_stage(
     models: tuple[str, ...] | None,
     sites: dict[str, str] | None,
     overwrite: bool,
+    tracking: TrackingConfig | None,
 ) -> dict[str, Any]:
     from crossdiff.config import to_dict
     from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
@@ -254,8 +259,16 @@ def _train_stage(
             "lower the batch size or the held-out shards"
         )
     model = Crosscoder(cfg).to(device)
-    with named_checkpoint_errors(out / "checkpoint", ("load_checkpoint",)):
-        result = train(model, reader, tcfg, out)
+    tracked = tracking if is_main_process() else None
+    with (
+        open_tracker(
+            tracked, out, "crosscoder", record, config.batch_size, "activations"
+        ) as tracker,
+        named_checkpoint_errors(out / "checkpoint", ("load_checkpoint",)),
+    ):
+        result = train(
+            model, reader, tcfg, out, on_step=lambda s: tracker.log(step_metrics(s), s.step)
+        )
     rank = Collectives().rank
     finish_distributed()
     if rank != 0:
@@ -274,6 +287,12 @@ def _train_stage(
     atomic_write_json(out / "metrics.json", metrics)
     write_manifest(out, "crosscoder", record, complete=True)
     return metrics
+
+
+def step_metrics(stats: Any) -> dict[str, float]:
+    """One training step's numbers (a ``StepStats``) as a tracker receives them."""
+    names = ("loss", "mse", "aux", "fve", "l0", "dead_fraction", "lr", "k")
+    return {f"crosscoder/{name}": getattr(stats, name) for name in names}
 
 
 def choose_sites(

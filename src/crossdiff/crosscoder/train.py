@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -362,8 +362,11 @@ def train(
     cfg: TrainConfig,
     out_dir: str | Path | None = None,
     resume: bool = True,
+    on_step: Callable[[StepStats], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on global ``batches``; checkpoints into ``out_dir`` if given.
+
+    ``on_step(stats)`` is called after each optimiser step (e.g. an experiment tracker).
 
     With ``resume`` and a checkpoint in ``out_dir``, training continues from it exactly. Under
     ``torchrun`` (call :func:`~crossdiff.crosscoder.distributed.init_distributed` first) each
@@ -402,6 +405,8 @@ def train(
             fresh = False
         stats = train_step(model, optimizer, batch, state, cfg, coll)
         result.history.append(stats)
+        if on_step is not None:
+            on_step(stats)
         if bar is not None:
             bar.update(1)
             if stats.step % 10 == 0 or stats.step == cfg.steps:

@@ -26,6 +26,7 @@ from crossdiff.stages import (
     stage_lock,
     write_manifest,
 )
+from crossdiff.tracking import TrackingConfig, open_tracker
 
 STAGE = "models"
 
@@ -78,12 +79,13 @@ def train_model_stage(
     on_step: Any = None,
     overwrite: bool = False,
     progress: bool = True,
+    tracking: TrackingConfig | None = None,
 ) -> dict[str, Any]:
     """Train (resuming if interrupted; skipping if finished) and return the manifest.
 
     ``out_dir`` holding a model trained with other settings (or on another corpus) is refused,
     naming the settings, or emptied first with ``overwrite``. ``progress`` prints a line every
-    ``log_every`` steps.
+    ``log_every`` steps; ``tracking`` sends each step's losses to an experiment tracker.
     """
     import contextlib
 
@@ -93,7 +95,7 @@ def train_model_stage(
     with lock:
         return _train_in_context(
             corpus_dir, out_dir, arch, preset_name, model_overrides, train_overrides, on_step,
-            overwrite, started, progress,
+            overwrite, started, progress, tracking,
         )  # fmt: skip
 
 
@@ -108,6 +110,7 @@ def _train_in_context(
     overwrite: bool,
     started: float,
     progress: bool,
+    tracking: TrackingConfig | None,
 ) -> dict[str, Any]:
     from crossdiff.models.ddp import init_distributed, shutdown
 
@@ -125,6 +128,7 @@ def _train_in_context(
             started,
             overwrite,
             progress,
+            tracking,
         )
     finally:
         shutdown(context)
@@ -142,6 +146,7 @@ def _train_and_record(
     started: float,
     overwrite: bool = False,
     progress: bool = True,
+    tracking: TrackingConfig | None = None,
 ) -> dict[str, Any]:
     """Train in this process (one rank of possibly several) and, on rank 0, write the stage."""
     from crossdiff.corpus.build import corpus_fingerprint
@@ -167,10 +172,18 @@ def _train_and_record(
         prepare_stage(out_dir, STAGE, settings, overwrite)
         write_manifest(out_dir, STAGE, settings, complete=False)
     barrier(context)
-    with named_checkpoint_errors(out_dir / "checkpoint", ("load_checkpoint_", "load_weights_")):
+    tokens_per_step = train_config.batch_size * model_config.n_ctx
+    tracked = tracking if context.is_main else None
+    with (
+        open_tracker(
+            tracked, out_dir, f"models/{out_dir.name}", settings, tokens_per_step, "tokens"
+        ) as tracker,
+        named_checkpoint_errors(out_dir / "checkpoint", ("load_checkpoint_", "load_weights_")),
+    ):
         result = train(
             model_config, train_config, sequences, out_dir, context, on_step=on_step,
             log=print if progress else None,
+            on_record=lambda r: tracker.log(_record_metrics(r), r["step"]),
         )  # fmt: skip
     if not context.is_main:
         return {}
@@ -216,3 +229,8 @@ def _train_and_record(
         fields["expert_usage_floor"] = 1 / (4 * model_config.num_experts)
     write_manifest(out_dir, STAGE, settings, **fields)
     return read_manifest(out_dir)
+
+
+def _record_metrics(record: dict[str, Any]) -> dict[str, float | None]:
+    """A model training step's record as a tracker receives it."""
+    return {f"model/{k}": v for k, v in record.items() if k != "step"}

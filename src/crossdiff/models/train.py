@@ -80,10 +80,13 @@ def train(
     context: DistContext | None = None,
     on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = print,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
     """Train (or resume training) a model on ``sequences["train"]``; evaluate on ``validation``.
 
-    ``on_step(step)`` is called after each optimiser step (after any checkpoint of that step).
+    ``on_step(step)`` is called after each optimiser step (after any checkpoint of that step);
+    ``on_record(record)`` with that step's metrics (loss, balance, z, lr, grad norm; main
+    process only), e.g. for an experiment tracker.
     """
     import torch
     from torch.nn.parallel import DistributedDataParallel
@@ -152,6 +155,8 @@ def train(
                 _step_record(step + 1, lr, lm_loss, balance, z, grad_norm, context)
             )
             done = step + 1
+            if on_record is not None and context.is_main:
+                on_record(state["history"][-1])
             if log and _due(train_config.log_every, done):
                 log(_progress(state, total_steps))
             if context.is_main and _due(train_config.eval_every, done) and done < total_steps:

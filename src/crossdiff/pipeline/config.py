@@ -13,6 +13,7 @@ from crossdiff.config import from_dict, load_toml
 from crossdiff.corpus import CorpusConfig
 from crossdiff.crosscoder.stage import CrosscoderStageConfig as CrosscoderSpec
 from crossdiff.errors import ConfigError, unknown_choice
+from crossdiff.tracking import TrackingConfig
 
 ARCHES = ("dense", "moe")
 
@@ -73,6 +74,9 @@ class RunConfig:
     """The crosscoder stage."""
     analyses: tuple[str, ...] = ("feature_classes", "density", "dashboards")
     """Analysis plugins run on the result, in order."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Optional experiment tracking of the model and crosscoder training (off by default; not
+    part of any stage's fingerprint: it changes no result)."""
 
     def __post_init__(self) -> None:
         if len(self.models) < 2:

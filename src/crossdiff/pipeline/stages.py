@@ -39,7 +39,7 @@ def run_models(run: Run, log: Log) -> None:
             continue
         manifest = train_model_stage(
             run.corpus_dir, run.model_dir(name), spec.arch, spec.preset, spec.model, spec.train,
-            overwrite=run.overwrite, progress=run.progress,
+            overwrite=run.overwrite, progress=run.progress, tracking=run.config.tracking,
         )  # fmt: skip
         losses = ", ".join(f"{d} {v:.2f}" for d, v in manifest["val_loss"].items())
         log(f"  {name}: {manifest['active_params']:,} active parameters; val loss {losses}")
@@ -116,7 +116,7 @@ def run_crosscoder(run: Run, log: Log) -> None:
     metrics = train_crosscoder_stage(
         run.store_dir("train"), run.crosscoder_dir, config,
         heldout_store=run.store_dir("validation"), models=tuple(run.config.models),
-        overwrite=run.overwrite,
+        overwrite=run.overwrite, tracking=run.config.tracking,
     )  # fmt: skip
     fve = ", ".join(f"{m} {v:.3f}" for m, v in metrics["fve"].items())
     log(f"  FVE {fve}; L0 {metrics['l0']:.1f}; dead {metrics['dead_fraction']:.1%}")
