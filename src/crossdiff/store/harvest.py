@@ -149,12 +149,13 @@ def harvest(
             return open_store(out_dir)
         trusted = set().union(*ranks.gather(_trusted_shards(out_dir, ranks.share(finished))))
         todo = ranks.share([i for i in range(n_shards) if i not in trusted])
-        ranks.all_succeeded(
-            lambda: _write_shards(
-                paired, sequences, order, domains, todo, out_dir, config, alignments,
-                progress and ranks.is_main, ranks.world,
-            )  # fmt: skip
-        )
+
+        def write() -> None:
+            progress_here = progress and ranks.is_main
+            _write_shards(paired, sequences, order, domains, todo, out_dir, config, alignments,
+                          progress_here, ranks.world)  # fmt: skip
+
+        ranks.all_succeeded(write)
 
         def finish() -> None:
             totals = _finish(out_dir, paired, n_shards)
