@@ -112,6 +112,18 @@ def read_batches(split_dir: str | Path, columns: Sequence[str]) -> Iterator[dict
                 yield {name: batch.column(name).to_pylist() for name in columns}
 
 
+def saved_columns(split_dir: str | Path) -> list[str]:
+    """The column names of a saved split, from its first Arrow file's schema."""
+    import pyarrow as pa
+
+    split_dir = Path(split_dir)
+    state = json.loads((split_dir / "state.json").read_text())
+    if not state["_data_files"]:
+        return []
+    with pa.OSFile(str(split_dir / state["_data_files"][0]["filename"])) as handle:
+        return list(pa.ipc.open_stream(handle).schema.names)
+
+
 def is_saved_dataset(path: str | Path) -> bool:
     """True if ``path`` is a directory written by ``save_to_disk`` (a Dataset or DatasetDict)."""
     path = Path(path)

@@ -61,9 +61,9 @@ def pack_rows(
     left = None if max_tokens is None else max_tokens // context_length  # rows still wanted
     pending: list[np.ndarray] = []
     held = 0
+    if left == 0:
+        return
     for ids in documents:
-        if left == 0:
-            return
         pending.append(ids)
         held += len(ids)
         wanted = block_rows if left is None else min(block_rows, left)
@@ -77,6 +77,8 @@ def pack_rows(
                 yield flat[start:stop].reshape(-1, context_length)
             if left is not None:
                 left -= cut // context_length
+                if left == 0:
+                    return
             pending, held = [flat[cut:]], len(flat) - cut
     rows = held // context_length if left is None else min(held // context_length, left)
     if rows:
