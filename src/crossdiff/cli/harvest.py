@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     adapters = {name: load_adapter(path, manager, args.device) for name, path in specs.items()}
     record = store_record(specs, args.corpus, args.out)
     if args.model_dtype != "fp32":
+        from crossdiff.store.capture import cast_models
+
         cast_models(adapters, args.model_dtype)
         record["model_dtype"] = args.model_dtype
     info = harvest(
@@ -148,16 +150,6 @@ def store_record(models: dict[str, str], corpus: Path, out: Path) -> dict[str, A
         "models": {name: reference(path, out, run_dir) for name, path in models.items()},
         "corpus": reference(corpus, out, run_dir),
     }
-
-
-def cast_models(adapters: dict[str, Any], dtype: str) -> None:
-    """Run every adapter's model in ``dtype`` (``bf16`` or ``fp16``); activations are stored
-    in the store's own dtype whatever the models compute in."""
-    import torch
-
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    for adapter in adapters.values():
-        adapter.model.to(torch_dtype)
 
 
 def parse_models(specs: list[str], option: str = "--model") -> dict[str, str]:
