@@ -123,7 +123,7 @@ def test_overrides_set_typed_values_and_refuse_bad_forms(tmp_path: Path) -> None
     assert config.corpus.sources["code"].startswith("hf:bigcode/")  # the others are kept
     assert config.models["dense"].train == {"tokens": 1000}
     assert config.harvest.model_dtype == "fp32" and config.analyses == ("density",)
-    with pytest.raises(ConfigError, match="not of the form DOTTED.KEY=VALUE"):
+    with pytest.raises(ConfigError, match=r"not of the form DOTTED\.KEY=VALUE"):
         load_run_config(PAPER, ["crosscoder..steps=1"])
     with pytest.raises(ConfigError, match="'steps' is a value, not a table"):
         load_run_config(PAPER, ["crosscoder.steps.x=1"])
