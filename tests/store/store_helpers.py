@@ -7,6 +7,7 @@ harvest in a subprocess and kill it.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -151,15 +152,19 @@ def pair(delay: float = 0.0) -> dict[str, TinyAdapter]:
 
 
 def main() -> None:
-    """Harvest the test pair into OUT (used by the kill-and-resume test)."""
+    """Harvest the test pair into OUT (used by the kill-and-resume and torchrun tests)."""
     from crossdiff.store import StoreConfig, harvest
 
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (sums' order)")
+    parser.add_argument("--pid-dir", type=Path, help="write this process's pid to DIR/rank<R>")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.pid_dir is not None:  # so a test can kill one rank of a torchrun harvest
+        args.pid_dir.mkdir(parents=True, exist_ok=True)
+        (args.pid_dir / f"rank{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
     config = StoreConfig(batch_sequences=4, shard_sequences=8)
     harvest(pair(args.delay), ["0.mlp_out", "1.resid_post"], make_sequences(), args.out, config)
 

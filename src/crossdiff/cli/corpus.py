@@ -42,7 +42,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="DOMAIN=SPEC",
-        help="override a domain's text: hf:NAME[:SPLIT[:COLUMN]] or local paths",
+        help="override a domain's text: hf:NAME[:SPLIT[:COLUMN]][?config=C&data_dir=D] "
+        "(streamed) or local paths",
     )
     build_cmd.add_argument(
         "--overwrite", action="store_true", help="rebuild a corpus made with other settings"
@@ -51,10 +52,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     build_cmd.add_argument("--val-fraction", type=float, help="share of documents held out")
     build_cmd.add_argument("--vocab-size", type=int, help="BPE vocabulary size to train")
     build_cmd.add_argument(
-        "--tokenizer", help="use this Hugging Face tokenizer instead of training"
+        "--tokenizer",
+        help="use this Hugging Face tokenizer instead of training: hf:NAME or a directory",
     )
     build_cmd.add_argument("--context-length", type=int, help="tokens per packed sequence")
     build_cmd.add_argument("--max-documents-per-domain", type=int, help="cap documents per domain")
+    build_cmd.add_argument(
+        "--max-characters-per-domain", type=int, help="stop reading a source after this many"
+    )
     build_cmd.add_argument(
         "--max-train-tokens-per-domain", type=int, help="cap packed train tokens"
     )
@@ -88,6 +93,7 @@ def build(args: argparse.Namespace) -> int:
         "tokenizer": args.tokenizer,
         "context_length": args.context_length,
         "max_documents_per_domain": args.max_documents_per_domain,
+        "max_characters_per_domain": args.max_characters_per_domain,
         "max_train_tokens_per_domain": args.max_train_tokens_per_domain,
         "max_val_tokens_per_domain": args.max_val_tokens_per_domain,
     }

@@ -18,6 +18,7 @@ SETTINGS = (
     "seed",
 )
 """StoreConfig fields that have a command-line option of the same name."""
+MODEL_DTYPES = ("fp32", "bf16", "fp16")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -27,7 +28,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="capture paired activations of several models into a store (resumable)",
         description="Feed the same corpus token batches to every model and write their "
         "activations at the chosen sites into shards, with a manifest (models, sites, dims, "
-        "tokens, dtype, normalisation factors). Rerun the same command to resume after a kill.",
+        "tokens, dtype, normalisation factors). Rerun the same command to resume after a kill. "
+        "Under `torchrun --nproc_per_node N --no-python crossdiff harvest ...` the shards are "
+        "dealt out to the N processes, each on its own GPU (--batch-sequences is per process).",
     )
     cmd.add_argument(
         "--model",
@@ -58,6 +61,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     cmd.add_argument(
         "--device", default="auto",
         help="where the models run: auto (CUDA where present), cpu, cuda, cuda:N (default auto)",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--model-dtype", choices=MODEL_DTYPES, default="fp32",
+        help="precision the models run in (default fp32; bf16 halves their memory on a GPU)",
     )  # fmt: skip
     cmd.add_argument("--split", help="corpus split to harvest (default train)")
     cmd.add_argument("--max-sequences", type=int, help="harvest at most this many sequences")
@@ -103,6 +110,12 @@ def run(args: argparse.Namespace) -> int:
     )
     manager = create_plugin_manager()
     adapters = {name: load_adapter(path, manager, args.device) for name, path in specs.items()}
+    record = store_record(specs, args.corpus, args.out)
+    if args.model_dtype != "fp32":
+        from crossdiff.store.capture import cast_models
+
+        cast_models(adapters, args.model_dtype)
+        record["model_dtype"] = args.model_dtype
     info = harvest(
         adapters,
         sites,
@@ -111,10 +124,14 @@ def run(args: argparse.Namespace) -> int:
         config,
         corpus_tokenizer=load_tokenizer(Path(args.corpus) / "tokenizer"),
         alignments=alignments,
-        record=store_record(specs, args.corpus, args.out),
+        record=record,
         progress=not args.no_progress,
         overwrite=args.overwrite,
     )
+    from crossdiff.stages import is_main_process
+
+    if not is_main_process():
+        return 0
     print(f"store {info.path}: {info.tokens:,} tokens, dtype {info.dtype}")
     for model, dims in info.dims.items():
         for site, dim in dims.items():

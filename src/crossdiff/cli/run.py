@@ -22,6 +22,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="redo stages whose output was made with other settings (default: refuse)",
     )
+    cmd.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override a setting of the config, e.g. --set crosscoder.steps=100 (repeat); "
+        "VALUE is a TOML value, or a plain string",
+    )  # fmt: skip
     cmd.add_argument("--no-progress", action="store_true", help="no progress bars or step logs")
     cmd.set_defaults(handler=run)
 
@@ -30,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the pipeline and print where the report is."""
     from crossdiff.pipeline import load_run_config, run_pipeline
 
-    config = load_run_config(args.config)
+    config = load_run_config(args.config, args.overrides)
     run_pipeline(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"summary: {args.out / 'report' / 'summary.json'}")
     print(f"report:  {args.out / 'report' / 'report.html'}")

@@ -1,5 +1,9 @@
 """Build the corpus stage: documents -> split -> tokenizer -> packed sequences, each resumable.
 
+Every step streams: documents are read, split and written one at a time, and sequences are
+tokenised and packed a block of rows at a time, so memory stays flat in the corpus size (the
+de-duplication set holds 16 bytes a document).
+
 Layout of the stage directory::
 
     documents/   DatasetDict train/validation: name, domain, text   (duplicates removed)
@@ -11,14 +15,15 @@ Layout of the stage directory::
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from crossdiff.config import to_dict
+from crossdiff.corpus.arrow import SplitWriter, read_batches, write_dataset_dict
 from crossdiff.corpus.config import CorpusConfig
-from crossdiff.corpus.packing import pack, token_stream
+from crossdiff.corpus.packing import pack_rows, token_stream
 from crossdiff.corpus.sources import CorpusSource, Document, parse_source_spec
 from crossdiff.corpus.tokenizer import load_tokenizer, train_bpe_tokenizer
 from crossdiff.errors import ConfigError, DamagedFileError, unknown_choice
@@ -68,33 +73,86 @@ def resolve_sources(config: CorpusConfig, manager: CrossdiffPluginManager) -> li
     return resolved
 
 
-def split_documents(
-    documents: Iterable[Document], domain: str, config: CorpusConfig, seen: set[str]
-) -> SplitDocuments:
-    """Drop exact duplicates (also across domains, via ``seen``) and split by a seeded hash."""
-    train, validation, duplicates = [], [], 0
-    kept: list[tuple[float, Document]] = []
+@dataclass
+class SplitCounts:
+    """What splitting one domain's documents kept, by split, and how many duplicates it dropped."""
+
+    documents: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    """Split -> documents kept."""
+    characters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    """Split -> characters of the documents kept."""
+    duplicates_removed: int = 0
+    """Documents dropped as exact duplicates of an earlier one."""
+
+
+def assign_splits(
+    documents: Iterable[Document],
+    domain: str,
+    config: CorpusConfig,
+    seen: set[bytes],
+    counts: SplitCounts | None = None,
+) -> Iterator[tuple[str, Document]]:
+    """Yield ``(split, document)`` for each kept document of one domain as it is read.
+
+    Exact duplicates are dropped (also across domains, via ``seen``, 16 bytes a document); each
+    kept document's split is drawn from a seeded hash of its text. Reading stops after
+    ``max_documents_per_domain`` documents or ``max_characters_per_domain`` characters. Training
+    documents read before the domain's first validation document wait (about
+    ``1 / val_fraction`` of them), so that a domain that draws none still holds one out: the one
+    with the smallest draw. ``counts`` receives the tallies.
+    """
+    counts = counts if counts is not None else SplitCounts()
+    waiting: list[tuple[float, Document]] = []
+    any_validation, kept, characters = False, 0, 0
+
+    def emit(split: str, document: Document) -> tuple[str, Document]:
+        counts.documents[split] += 1
+        counts.characters[split] += len(document.text)
+        return split, document
+
     for document in documents:
-        digest = hashlib.sha256(document.text.encode("utf-8")).hexdigest()
-        if digest in seen:
-            duplicates += 1
+        digest = hashlib.sha256(document.text.encode("utf-8"))
+        key = digest.digest()[:16]
+        if key in seen:
+            counts.duplicates_removed += 1
             continue
-        seen.add(digest)
-        draw = int(hashlib.sha256(f"{config.seed}:{digest}".encode()).hexdigest(), 16) / 2**256
-        kept.append((draw, document))
-        if config.max_documents_per_domain and len(kept) >= config.max_documents_per_domain:
+        seen.add(key)
+        draw = int(hashlib.sha256(f"{config.seed}:{digest.hexdigest()}".encode()).hexdigest(), 16)
+        if draw / 2**256 < config.val_fraction:
+            any_validation = True
+            yield emit("validation", document)
+            yield from (emit("train", waiting_document) for _, waiting_document in waiting)
+            waiting = []
+        elif any_validation:
+            yield emit("train", document)
+        else:
+            waiting.append((draw / 2**256, document))
+        kept += 1
+        characters += len(document.text)
+        if config.max_documents_per_domain and kept >= config.max_documents_per_domain:
+            break
+        if config.max_characters_per_domain and characters >= config.max_characters_per_domain:
             break
     if not kept:
         raise ConfigError(f"domain {domain!r}: the source yielded no documents")
-    for draw, document in kept:
-        (validation if draw < config.val_fraction else train).append(document)
-    if len(kept) >= 2 and not validation:  # tiny corpora: still hold one document out
-        smallest = min(kept, key=lambda pair: pair[0])[1]
-        train.remove(smallest)
-        validation.append(smallest)
-    if not train:
-        raise ConfigError(f"domain {domain!r}: too few documents ({len(kept)}) to train on")
-    return SplitDocuments(train, validation, duplicates)
+    if len(waiting) >= 2:  # tiny corpora: still hold one document out
+        smallest = min(waiting, key=lambda pair: pair[0])
+        waiting.remove(smallest)
+        yield emit("validation", smallest[1])
+    yield from (emit("train", document) for _, document in waiting)
+    if not counts.documents["train"]:
+        raise ConfigError(f"domain {domain!r}: too few documents ({kept}) to train on")
+
+
+def split_documents(
+    documents: Iterable[Document], domain: str, config: CorpusConfig, seen: set[bytes]
+) -> SplitDocuments:
+    """:func:`assign_splits`, collected in lists (for small inputs and tests)."""
+    counts = SplitCounts()
+    parts: dict[str, list[Document]] = {split: [] for split in SPLITS}
+    for split, document in assign_splits(documents, domain, config, seen, counts):
+        parts[split].append(document)
+    return SplitDocuments(parts["train"], parts["validation"], counts.duplicates_removed)
 
 
 def build_corpus(
@@ -149,27 +207,31 @@ def _build(
 def _write_documents(
     config: CorpusConfig, manager: CrossdiffPluginManager, target: Path
 ) -> dict[str, dict[str, Any]]:
-    rows: dict[str, dict[str, list[str]]] = {
-        s: {"name": [], "domain": [], "text": []} for s in SPLITS
-    }
+    """Read every domain's source once, a document at a time, into the documents dataset."""
+    import datasets
+
+    features = datasets.Features({c: datasets.Value("string") for c in ("name", "domain", "text")})
     stats: dict[str, dict[str, Any]] = {}
-    seen: set[str] = set()
-    for source in resolve_sources(config, manager):
-        documents = progress_bar(source.documents(), desc=f"reading {source.domain}", unit=" docs")
-        split = split_documents(documents, source.domain, config, seen)
-        for name in SPLITS:
-            for document in getattr(split, name):
-                rows[name]["name"].append(document.name)
-                rows[name]["domain"].append(source.domain)
-                rows[name]["text"].append(document.text)
-        stats[source.domain] = {
-            "source": source.description,
-            "documents": {"train": len(split.train), "validation": len(split.validation)},
-            "duplicates_removed": split.duplicates_removed,
-            "characters": {n: sum(len(d.text) for d in getattr(split, n)) for n in SPLITS},
-        }
+    seen: set[bytes] = set()
     with atomic_directory(target) as tmp:
-        _dataset_dict(rows).save_to_disk(str(tmp))
+        writers = {split: SplitWriter(tmp / split, features) for split in SPLITS}
+        for source in resolve_sources(config, manager):
+            documents = progress_bar(
+                source.documents(), desc=f"reading {source.domain}", unit=" docs"
+            )
+            counts = SplitCounts()
+            for split, document in assign_splits(documents, source.domain, config, seen, counts):
+                row = {"name": document.name, "domain": source.domain, "text": document.text}
+                writers[split].add(row, len(document.text))
+            stats[source.domain] = {
+                "source": source.description,
+                "documents": counts.documents,
+                "duplicates_removed": counts.duplicates_removed,
+                "characters": counts.characters,
+            }
+        for writer in writers.values():
+            writer.close()
+        write_dataset_dict(tmp, SPLITS)
     return stats
 
 
@@ -177,94 +239,78 @@ def _write_tokenizer(config: CorpusConfig, out_dir: Path) -> None:
     if config.tokenizer is not None:
         tokenizer = load_tokenizer(config.tokenizer)
     else:
-        train = load_documents(out_dir)["train"]
+        batches = read_batches(out_dir / "documents" / "train", ("domain", "text"))
         tokenizer = train_bpe_tokenizer(
-            _tokenizer_sample(train, config.domains, config.tokenizer_chars_per_domain),
+            _tokenizer_sample(batches, config.domains, config.tokenizer_chars_per_domain),
             config.vocab_size,
         )
     with atomic_directory(out_dir / "tokenizer") as tmp:
         tokenizer.save_pretrained(str(tmp))
 
 
-def _tokenizer_sample(train: Any, domains: Iterable[str], chars_per_domain: int) -> Iterable[str]:
+def _tokenizer_sample(
+    batches: Iterable[dict[str, list]], domains: Iterable[str], chars_per_domain: int
+) -> Iterator[str]:
     """The first ``chars_per_domain`` characters of training text of each domain, in order."""
     budget = dict.fromkeys(domains, chars_per_domain)
-    for domain, text in zip(train["domain"], train["text"], strict=True):
-        if budget[domain] > 0:
-            budget[domain] -= len(text)
-            yield text
+    for batch in batches:
+        for domain, text in zip(batch["domain"], batch["text"], strict=True):
+            if budget[domain] > 0:
+                budget[domain] -= len(text)
+                yield text
+        if all(left <= 0 for left in budget.values()):
+            return
+
+
+def _domain_texts(split_dir: Path, domain: str) -> Iterator[str]:
+    """The texts of ``domain`` in a documents split, in order (a domain's rows are contiguous:
+    the documents step writes one domain after the other)."""
+    started = False
+    for batch in read_batches(split_dir, ("domain", "text")):
+        for row_domain, text in zip(batch["domain"], batch["text"], strict=True):
+            if row_domain == domain:
+                started = True
+                yield text
+            elif started:
+                return
 
 
 def _write_sequences(config: CorpusConfig, out_dir: Path) -> dict[str, dict[str, Any]]:
-    import numpy as np
+    """Tokenise and pack each split, domain after domain, a block of rows at a time."""
+    import datasets
+    import pyarrow as pa
 
-    documents = load_documents(out_dir)
     tokenizer = load_tokenizer(out_dir / "tokenizer")
+    length = config.context_length
+    schema = pa.schema([("input_ids", pa.list_(pa.int32(), length)), ("domain", pa.string())])
+    features = datasets.Features.from_arrow_schema(schema)
     limits = {
         "train": config.max_train_tokens_per_domain,
         "validation": config.max_val_tokens_per_domain,
     }
     counts: dict[str, dict[str, Any]] = {d: {"tokens": {}, "sequences": {}} for d in config.domains}
-    packed: dict[str, dict[str, Any]] = {}
-    for split in SPLITS:
-        data = documents[split]
-        blocks, labels = [], []
-        for domain in config.domains:
-            texts = (t for t, d in zip(data["text"], data["domain"], strict=True) if d == domain)
-            stream = progress_bar(
-                token_stream(texts, tokenizer),
-                desc=f"tokenising {domain} {split}",
-                unit=" docs",
-                leave=False,
-            )
-            rows = pack(stream, config.context_length, limits[split])
-            counts[domain]["tokens"][split] = int(rows.size)
-            counts[domain]["sequences"][split] = len(rows)
-            blocks.append(rows)
-            labels.extend([domain] * len(rows))
-        packed[split] = {"input_ids": np.concatenate(blocks), "domain": labels}
     with atomic_directory(out_dir / "sequences") as tmp:
-        _sequence_dataset_dict(packed, config.context_length).save_to_disk(str(tmp))
+        for split in SPLITS:
+            writer = SplitWriter(tmp / split, features)
+            for domain in config.domains:
+                stream = progress_bar(
+                    token_stream(_domain_texts(out_dir / "documents" / split, domain), tokenizer),
+                    desc=f"tokenising {domain} {split}",
+                    unit=" docs",
+                    leave=False,
+                )
+                n_rows = 0
+                for rows in pack_rows(stream, length, limits[split]):  # [n, length]
+                    ids = pa.array(rows.reshape(-1), type=pa.int32())
+                    block = pa.FixedSizeListArray.from_arrays(ids, length)
+                    domains = pa.array([domain] * len(rows), type=pa.string())
+                    writer.write(pa.Table.from_arrays([block, domains], schema=schema))
+                    n_rows += len(rows)
+                counts[domain]["tokens"][split] = n_rows * length
+                counts[domain]["sequences"][split] = n_rows
+            writer.close()
+        write_dataset_dict(tmp, SPLITS)
     return counts
-
-
-def _dataset_dict(rows: dict[str, dict[str, list[str]]]) -> Any:
-    import datasets
-    import pyarrow as pa
-
-    return datasets.DatasetDict(
-        {split: _fingerprinted(pa.table(columns)) for split, columns in rows.items()}
-    )
-
-
-def _sequence_dataset_dict(packed: dict[str, dict[str, Any]], context_length: int) -> Any:
-    import datasets
-    import pyarrow as pa
-
-    splits = {}
-    for split, columns in packed.items():
-        flat = pa.array(columns["input_ids"].reshape(-1), type=pa.int32())
-        table = pa.table(
-            {
-                "input_ids": pa.FixedSizeListArray.from_arrays(flat, context_length),
-                "domain": pa.array(columns["domain"], type=pa.string()),
-            }
-        )
-        splits[split] = _fingerprinted(table)
-    return datasets.DatasetDict(splits)
-
-
-def _fingerprinted(table: Any) -> Any:
-    """A Dataset whose fingerprint is a hash of its content, so equal builds save equal bytes."""
-    import datasets
-    import pyarrow as pa
-    from datasets.table import InMemoryTable
-
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    fingerprint = hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()[:16]
-    return datasets.Dataset(InMemoryTable(table), fingerprint=fingerprint)
 
 
 def corpus_fingerprint(out_dir: str | Path) -> str:

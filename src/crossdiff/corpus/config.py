@@ -24,12 +24,17 @@ class CorpusConfig:
     """Share of each domain's documents held out for validation."""
     max_documents_per_domain: int | None = None
     """Keep at most this many documents per domain (after de-duplication); None keeps all."""
+    max_characters_per_domain: int | None = None
+    """Stop reading a domain's source once its kept documents hold this many characters (a
+    budget for large or streamed hub datasets); None reads it all."""
     vocab_size: int = 8192
     """Size of the byte-level BPE vocabulary trained on the corpus."""
     tokenizer_chars_per_domain: int = 4_000_000
     """Characters of each domain's training text used to train the tokenizer."""
     tokenizer: str | None = None
-    """An existing Hugging Face tokenizer (directory or hub name) to use instead of training."""
+    """An existing Hugging Face tokenizer to use instead of training one: ``hf:NAME`` (a hub
+    name such as ``hf:gpt2``, or a local tokenizer directory), or a plain directory or name.
+    ``vocab_size`` and ``tokenizer_chars_per_domain`` then do not apply."""
     context_length: int = 128
     """Tokens per packed sequence; each sequence comes from one domain."""
     max_train_tokens_per_domain: int | None = None
@@ -47,6 +52,7 @@ class CorpusConfig:
             raise ConfigError(f"val_fraction {self.val_fraction!r} must lie strictly in (0, 1)")
         for name in (
             "max_documents_per_domain",
+            "max_characters_per_domain",
             "max_train_tokens_per_domain",
             "max_val_tokens_per_domain",
         ):

@@ -44,6 +44,47 @@ def _encode(batch: list[str], tokenizer: PreTrainedTokenizerBase, eos: int) -> I
         yield np.asarray([*ids, eos], dtype=np.int32)
 
 
+def pack_rows(
+    documents: Iterable[np.ndarray],
+    context_length: int,
+    max_tokens: int | None = None,
+    block_rows: int = 1024,
+) -> Iterator[np.ndarray]:
+    """Concatenate token arrays and yield them cut into rows of ``context_length`` tokens, in
+    blocks of up to ``block_rows`` rows (int32 ``[n, context_length]``), holding no more than a
+    block (and the documents that straddle it) in memory.
+
+    The tail shorter than one row is dropped, and so is everything past ``max_tokens`` (rounded
+    down to whole rows); documents past it are not read.
+    """
+    check_context_length(context_length)
+    left = None if max_tokens is None else max_tokens // context_length  # rows still wanted
+    pending: list[np.ndarray] = []
+    held = 0
+    if left == 0:
+        return
+    for ids in documents:
+        pending.append(ids)
+        held += len(ids)
+        wanted = block_rows if left is None else min(block_rows, left)
+        if held // context_length >= wanted:
+            flat = np.concatenate(pending)
+            cut = (held // context_length) * context_length
+            if left is not None:
+                cut = min(cut, left * context_length)
+            for start in range(0, cut, block_rows * context_length):
+                stop = min(start + block_rows * context_length, cut)
+                yield flat[start:stop].reshape(-1, context_length)
+            if left is not None:
+                left -= cut // context_length
+                if left == 0:
+                    return
+            pending, held = [flat[cut:]], len(flat) - cut
+    rows = held // context_length if left is None else min(held // context_length, left)
+    if rows:
+        yield np.concatenate(pending)[: rows * context_length].reshape(rows, context_length)
+
+
 def pack(
     documents: Iterable[np.ndarray], context_length: int, max_tokens: int | None = None
 ) -> np.ndarray:
@@ -52,16 +93,7 @@ def pack(
     Returns an int32 array ``[n_sequences, context_length]``; the tail shorter than one row is
     dropped, and so is everything past ``max_tokens`` (rounded down to whole rows).
     """
-    check_context_length(context_length)
-    limit = None if max_tokens is None else (max_tokens // context_length) * context_length
-    parts, total = [], 0
-    for ids in documents:
-        parts.append(ids)
-        total += len(ids)
-        if limit is not None and total >= limit:
-            break
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-    n_rows = len(flat) // context_length
-    if limit is not None:
-        n_rows = min(n_rows, limit // context_length)
-    return flat[: n_rows * context_length].reshape(n_rows, context_length)
+    blocks = list(pack_rows(documents, context_length, max_tokens))
+    if not blocks:
+        return np.zeros((0, context_length), dtype=np.int32)
+    return np.concatenate(blocks)

@@ -1,7 +1,8 @@
 """Corpus sources: a domain name and the text documents it provides.
 
 Plugins provide sources through the ``crossdiff_corpus_sources`` hook; users override any domain
-with a Hugging Face dataset (``hf:NAME[:SPLIT[:COLUMN]]``) or local files.
+with a Hugging Face dataset (``hf:NAME[:SPLIT[:COLUMN]][?config=C&data_dir=D]``) or local files.
+Every source yields its documents one at a time, so a corpus build never holds a whole source.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossdiff.errors import ConfigError
+from crossdiff.errors import ConfigError, unknown_choice
 
 TEXT_SUFFIXES = (".txt", ".md", ".py", ".rst", ".json", ".jsonl", ".gz")
 
@@ -53,43 +54,112 @@ def local_files_source(domain: str, paths: Sequence[str | Path]) -> CorpusSource
     return CorpusSource(domain, f"local files: {shown}", load)
 
 
+HF_OPTIONS = ("config", "data_dir")
+"""Options of an ``hf:`` spec after ``?``: the dataset's configuration name, its data folder."""
+
+
 def hf_dataset_source(
-    domain: str, name: str, split: str = "train", text_column: str = "text"
+    domain: str,
+    name: str,
+    split: str = "train",
+    text_column: str = "text",
+    config: str | None = None,
+    data_dir: str | None = None,
 ) -> CorpusSource:
-    """A source reading a Hugging Face dataset by hub name or local path (``load_dataset``)."""
+    """A source reading a Hugging Face dataset a document at a time.
+
+    ``name`` is a hub name (streamed: nothing is downloaded beyond what is read), a local
+    directory of data files (``load_dataset``, streamed), or a directory written by
+    ``save_to_disk`` (a Dataset, or a DatasetDict whose ``split`` is read), read a record batch
+    at a time. ``config`` and ``data_dir`` are passed to ``load_dataset``.
+    """
 
     def load() -> Iterator[Document]:
-        import datasets  # heavy: only when this source is used
+        from crossdiff.corpus.arrow import is_saved_dataset
 
-        try:
-            data = datasets.load_dataset(name, split=split)
-        except Exception as error:
-            raise ConfigError(
-                f"domain {domain!r}: could not load dataset {name!r} split {split!r}: {error}"
-            ) from error
-        if text_column not in data.column_names:
-            raise ConfigError(
-                f"domain {domain!r}: dataset {name!r} has no column {text_column!r}; "
-                f"columns: {', '.join(data.column_names)}"
-            )
-        for index, text in enumerate(data[text_column]):
+        if is_saved_dataset(name):
+            texts = _saved_texts(domain, Path(name), split, text_column)
+        else:
+            texts = _hub_texts(domain, name, split, text_column, config, data_dir)
+        for index, text in enumerate(texts):
             yield Document(f"{name}/{split}/{index}", text or "")
 
+    options = "".join(f", {k} {v}" for k, v in (("config", config), ("data_dir", data_dir)) if v)
     return CorpusSource(
-        domain, f"Hugging Face dataset {name} ({split}, column {text_column})", load
+        domain, f"Hugging Face dataset {name} ({split}, column {text_column}{options})", load
     )
 
 
+def _hub_texts(
+    domain: str, name: str, split: str, column: str, config: str | None, data_dir: str | None
+) -> Iterator[str]:
+    import datasets  # heavy: only when this source is used
+
+    try:
+        data = datasets.load_dataset(name, config, split=split, data_dir=data_dir, streaming=True)
+        names = data.column_names
+        if names is None:  # some streamed datasets only know their columns once read
+            names = list(next(iter(data)).keys())
+    except Exception as error:
+        raise ConfigError(
+            f"domain {domain!r}: could not load dataset {name!r} split {split!r}: {error}"
+        ) from error
+    if column not in names:
+        raise ConfigError(
+            f"domain {domain!r}: dataset {name!r} has no column {column!r}; "
+            f"columns: {', '.join(names)}"
+        )
+    for row in data:
+        yield row[column]
+
+
+def _saved_texts(domain: str, path: Path, split: str, column: str) -> Iterator[str]:
+    from crossdiff.corpus.arrow import read_batches, saved_columns
+
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+        if split not in splits:
+            raise ConfigError(
+                f"domain {domain!r}: dataset {str(path)!r} has no split {split!r}; "
+                f"splits: {', '.join(splits)}"
+            )
+        path = path / split
+    columns = saved_columns(path)
+    if column not in columns:
+        raise ConfigError(
+            f"domain {domain!r}: dataset {str(path)!r} has no column {column!r}; "
+            f"columns: {', '.join(columns)}"
+        )
+    for batch in read_batches(path, (column,)):
+        yield from batch[column]
+
+
 def parse_source_spec(domain: str, spec: str) -> CorpusSource:
-    """A source from a command-line spec: ``hf:NAME[:SPLIT[:COLUMN]]`` or comma-separated paths."""
+    """A source from a spec: ``hf:NAME[:SPLIT[:COLUMN]][?config=C&data_dir=D]`` or
+    comma-separated local paths."""
     if spec.startswith("hf:"):
-        parts = spec[3:].split(":")
+        body, _, query = spec[3:].partition("?")
+        parts = body.split(":")
         if not parts[0] or len(parts) > 3:
             raise ConfigError(
-                f"domain {domain!r}: source {spec!r} is not of the form hf:NAME[:SPLIT[:COLUMN]]"
+                f"domain {domain!r}: source {spec!r} is not of the form "
+                "hf:NAME[:SPLIT[:COLUMN]][?config=C&data_dir=D]"
             )
-        return hf_dataset_source(domain, *parts)
+        options = _hf_options(domain, spec, query)
+        return hf_dataset_source(domain, *parts, **options)
     return local_files_source(domain, [p for p in spec.split(",") if p])
+
+
+def _hf_options(domain: str, spec: str, query: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for item in (part for part in query.split("&") if part):
+        key, sep, value = item.partition("=")
+        if not sep or not value:
+            raise ConfigError(f"domain {domain!r}: option {item!r} of {spec!r} is not KEY=VALUE")
+        if key not in HF_OPTIONS:
+            raise unknown_choice(f"option of source {spec!r}", key, HF_OPTIONS)
+        options[key] = value
+    return options
 
 
 def _expand(domain: str, paths: Sequence[str | Path]) -> list[Path]:

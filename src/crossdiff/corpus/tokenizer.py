@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 END_OF_TEXT = "<|endoftext|>"
 BYTE_ALPHABET = 256
+HF_PREFIX = "hf:"
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
@@ -56,11 +57,17 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
 
 
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
-    """Load any Hugging Face tokenizer by local directory (or hub name, where the hub is reachable).
+    """Load any Hugging Face tokenizer by local directory (or hub name, where the hub is reachable);
+    an ``hf:`` prefix (``hf:gpt2``, ``hf:/path/to/dir``) is allowed, as in corpus source specs.
 
     The tokenizer needs an end-of-text token, used to separate documents when packing.
     """
     from transformers import AutoTokenizer
+
+    if isinstance(name_or_path, str) and name_or_path.startswith(HF_PREFIX):
+        name_or_path = name_or_path[len(HF_PREFIX) :]
+        if not name_or_path:
+            raise ConfigError("tokenizer 'hf:' names no tokenizer; expected hf:NAME or hf:DIR")
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))

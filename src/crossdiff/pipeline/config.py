@@ -5,6 +5,7 @@ Unknown keys anywhere are rejected with the closest valid key (``crossdiff.confi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from crossdiff.errors import ConfigError, unknown_choice
 from crossdiff.tracking import TrackingConfig
 
 ARCHES = ("dense", "moe")
+MODEL_DTYPES = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ class HarvestSpec:
     """Sequences per forward pass."""
     shard_sequences: int = 256
     """Sequences per shard (a multiple of batch_sequences)."""
+    model_dtype: str = "fp32"
+    """Precision the models run in while harvesting: fp32, bf16 or fp16."""
+
+    def __post_init__(self) -> None:
+        if self.model_dtype not in MODEL_DTYPES:
+            raise unknown_choice("harvest model_dtype", str(self.model_dtype), MODEL_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,33 @@ class RunConfig:
             )
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    """Read a run config from TOML; every table and key is checked."""
-    return from_dict(RunConfig, load_toml(path), "config")
+def load_run_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a run config from TOML, with ``overrides`` (``KEY=VALUE``, see
+    :func:`apply_override`) applied in order; every table and key is checked."""
+    data = load_toml(path)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return from_dict(RunConfig, data, "config")
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Set ``DOTTED.KEY=VALUE`` in a config's dict, e.g. ``crosscoder.steps=100`` or
+    ``models.dense.train={ tokens = 1000 }``: VALUE is read as a TOML value (a number, a
+    boolean, a quoted string, an array, an inline table), and as a plain string if it is not
+    one. Tables on the way are created; the key itself is checked when the config is built."""
+    import tomllib
+
+    key, sep, raw = assignment.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"override {assignment!r} is not of the form DOTTED.KEY=VALUE")
+    try:
+        value = tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    table = data
+    for part in parts[:-1]:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"override {assignment!r}: {part!r} is a value, not a table")
+    table[parts[-1]] = value

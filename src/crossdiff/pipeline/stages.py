@@ -67,6 +67,10 @@ def run_harvest(run: Run, log: Log) -> None:
     adapters = {
         name: load_adapter(run.model_source(name), run.manager) for name in run.config.models
     }
+    if spec.model_dtype != "fp32":
+        from crossdiff.store.capture import cast_models
+
+        cast_models(adapters, spec.model_dtype)
     sequences = load_sequences(run.corpus_dir)
     tokenizer = load_tokenizer(run.corpus_dir / "tokenizer")
     limits = {"train": spec.train_sequences, "validation": spec.validation_sequences}
@@ -78,6 +82,7 @@ def run_harvest(run: Run, log: Log) -> None:
         record = {  # relative to the store inside the run, so a copied run reads its own files
             "models": {name: run.source_reference(name, split) for name in run.config.models},
             "corpus": reference(run.corpus_dir, run.store_dir(split), run.run_dir),
+            **({"model_dtype": spec.model_dtype} if spec.model_dtype != "fp32" else {}),
         }
         info = harvest(
             adapters, [spec.site], sequences[split], run.store_dir(split), config,

@@ -113,3 +113,11 @@ def row_metadata(
         "sequences": np.repeat(sequences.astype(np.int32), kept),
         "domains": np.repeat(domains.astype(np.uint8), kept),
     }
+
+
+def cast_models(adapters: Mapping[str, ModelAdapter], dtype: str) -> None:
+    """Run every adapter's model in ``dtype`` (``bf16`` or ``fp16``); activations are stored
+    in the store's own dtype whatever the models compute in."""
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    for adapter in adapters.values():
+        adapter.model.to(torch_dtype)

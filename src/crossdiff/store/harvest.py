@@ -3,11 +3,13 @@
 Sequences are taken in a seeded order (domains mixed), cut into shards of
 ``shard_sequences``, and each shard into forward batches of ``batch_sequences``; shard ``i`` is
 always the same sequences, so a rerun after a kill writes only the missing shards and the
-result is identical, byte for byte, to an uninterrupted harvest.
+result is identical, byte for byte, to an uninterrupted harvest. Under ``torchrun`` the shards
+are dealt out to the processes (:mod:`crossdiff.store.ranks`), with the same result.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,7 +29,6 @@ from crossdiff.stages import (
     OVERWRITE_HINT,
     clear_stage,
     describe_diff,
-    is_main_process,
     read_manifest,
     stage_lock,
     write_manifest,
@@ -48,6 +49,7 @@ from crossdiff.store.format import (
     shard_path,
 )
 from crossdiff.store.normalization import combine_factors, norm_sum
+from crossdiff.store.ranks import Ranks
 from crossdiff.store.writer import (
     BackgroundWriter,
     finished_shards,
@@ -89,6 +91,13 @@ def harvest(
     interrupted one resumes it, first checking every finished shard against the size and
     checksum recorded when it was written and harvesting a damaged one again. A store of other
     settings is refused, naming them, or replaced with ``overwrite``.
+
+    Under ``torchrun`` every process calls this with the same arguments (each with its models
+    on its own device): the shards still to write are dealt out in turn (rank ``r`` takes every
+    ``WORLD_SIZE``-th from the ``r``-th), each rank writes its own, and rank 0, which holds the
+    store's lock, writes the manifest once all have finished. Shard ``i`` holds the same
+    sequences whatever the number of processes, so the store is the one a single process writes,
+    and a run killed on any rank resumes with any number of processes.
     """
     config = config or StoreConfig()
     retain_freed_memory()
@@ -122,28 +131,45 @@ def harvest(
         "n_shards": n_shards,
         "context_length": int(sequences.input_ids.shape[1]),
     }
-    if not is_main_process():
-        raise ConfigError("harvest runs in one process; do not start it under torchrun")
-    with stage_lock(out_dir):
-        existing = _prepare(out_dir, run_config, overwrite)
-        if existing is not None:
-            return existing
-        write_manifest(out_dir, STAGE, run_config, complete=False, **fields)
-        save_alignments(out_dir, alignments or {})
-        remove_partial_shards(out_dir)
-        todo = [i for i in range(n_shards) if i not in _trusted_shards(out_dir)]
-        _write_shards(
-            paired, sequences, order, domains, todo, out_dir, config, alignments, progress
-        )
-        totals = _finish(out_dir, paired, n_shards)
-        write_manifest(out_dir, STAGE, run_config, complete=True, **fields, **totals)
+    ranks = Ranks.current()
+    with contextlib.ExitStack() as lock:
+
+        def prepare() -> list[int] | None:
+            """Rank 0: lock, check the store; the finished shards to check, None if complete."""
+            lock.enter_context(stage_lock(out_dir))
+            if _prepare(out_dir, run_config, overwrite) is not None:
+                return None
+            write_manifest(out_dir, STAGE, run_config, complete=False, **fields)
+            save_alignments(out_dir, alignments or {})
+            remove_partial_shards(out_dir)
+            return sorted(finished_shards(out_dir))
+
+        finished = ranks.from_main(prepare)
+        if finished is None:
+            return open_store(out_dir)
+        trusted = set().union(*ranks.gather(_trusted_shards(out_dir, ranks.share(finished))))
+        todo = ranks.share([i for i in range(n_shards) if i not in trusted])
+
+        def write() -> None:
+            progress_here = progress and ranks.is_main
+            _write_shards(paired, sequences, order, domains, todo, out_dir, config, alignments,
+                          progress_here, ranks.world)  # fmt: skip
+
+        ranks.all_succeeded(write)
+
+        def finish() -> None:
+            totals = _finish(out_dir, paired, n_shards)
+            write_manifest(out_dir, STAGE, run_config, complete=True, **fields, **totals)
+
+        ranks.from_main(finish)
     return open_store(out_dir)
 
 
-def _trusted_shards(out_dir: Path) -> set[int]:
-    """The finished shards whose size and checksum match their record; others are deleted."""
+def _trusted_shards(out_dir: Path, finished: list[int]) -> set[int]:
+    """Of the ``finished`` shards, those whose size and checksum match their record; the others
+    are deleted."""
     trusted = set()
-    for index in sorted(finished_shards(out_dir)):
+    for index in finished:
         path = shard_path(out_dir, index)
         problem = shard_problem(path)
         if problem is None:
@@ -266,16 +292,19 @@ def _write_shards(
     config: StoreConfig,
     alignments: Mapping[str, np.ndarray] | None,
     progress: bool,
+    world: int = 1,
 ) -> None:
     domain_index = {d: i for i, d in enumerate(domains)}
     dtype = getattr(torch, TORCH_DTYPES[config.dtype])
     per_seq = sequences.input_ids.shape[1] - int(config.drop_first_position)
+    mine = sum(len(_shard_rows(order, i, config)) for i in todo)
+    total = len(order) if world == 1 else mine  # under torchrun: this rank's part
     bar = progress_bar(
-        total=len(order) * per_seq,
-        initial=(len(order) - sum(len(_shard_rows(order, i, config)) for i in todo)) * per_seq,
+        total=total * per_seq,
+        initial=(total - mine) * per_seq,
         unit="tok",
         unit_scale=True,
-        desc="harvest",
+        desc="harvest" if world == 1 else f"harvest (rank 0 of {world})",
         disable=not progress,
     )
     writer = BackgroundWriter(out_dir)
