@@ -161,8 +161,14 @@ def torchrun(n_proc: int, latent_shards: int, work: Path) -> dict:
         str(latent_shards),
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure(proc.stderr)
     return json.loads(out.read_text())
+
+
+def failure(stderr: str) -> str:
+    """The workers' own error lines first (torchrun's summary buries them), then the tail."""
+    own = [line for line in stderr.splitlines() if "Error" in line or "terminate" in line]
+    return "\n".join(own[:20]) + "\n---\n" + stderr[-2000:]
 
 
 def check_against_one_process(record: dict, work: Path) -> None:
@@ -226,7 +232,7 @@ def test_stage_with_latent_shards_under_torchrun_matches_one_process(tmp_path: P
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
            "-m", "crossdiff", *args, "--out", str(tmp_path / "two"), "--latent-shards", "2"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failure(proc.stderr)
     one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
     assert two["train_steps"] == 16
     for key in ("fve_pooled", "l0", "dead_fraction"):
