@@ -229,8 +229,24 @@ def test_stage_with_latent_shards_under_torchrun_matches_one_process(tmp_path: P
             "--expansion", "4", "--checkpoint-every", "8", "--no-progress"]  # fmt: skip
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "crossdiff", *args, "--out", str(tmp_path / "two"), "--latent-shards", "2"]  # fmt: skip
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--standalone",
+    ]
+    cmd = [
+        *launch,
+        "-m",
+        "crossdiff",
+        *args,
+        "--out",
+        str(tmp_path / "two"),
+        "--latent-shards",
+        "2",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, failure(proc.stderr)
     one, two = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "two"))
