@@ -266,3 +266,11 @@ def test_latent_shards_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match="latent_shards must be a positive integer, got 0"):
         CrosscoderStageConfig(latent_shards=0)
+
+
+def test_a_crosscoder_of_other_tensors_is_refused() -> None:
+    """A crosscoder kind the sharding does not know (another parameter) is named, not split."""
+    model = small_crosscoder()
+    model.register_parameter("W_extra", torch.nn.Parameter(torch.zeros(3)))
+    with pytest.raises(ConfigError, match="train it with latent_shards = 1"):
+        train_sharded(model, planted().batches(64, 2, seed=0), TrainConfig(steps=2), 1)

@@ -171,6 +171,9 @@ class ShardedCrosscoder(nn.Module):
     ``b_dec_C``, ``input_scale_M`` and ``threshold`` are replicated.
     """
 
+    KEYS = (*PARAMS, "input_scale_M", "threshold")
+    """Every tensor of its state dict (the full model's names)."""
+
     # the one-process formulas, reused (they read only cfg, the buffers and the given tensors)
     concat_inputs = Crosscoder.concat_inputs
     fit_input_scales_ = Crosscoder.fit_input_scales_

@@ -223,6 +223,12 @@ def train_sharded(
         raise ConfigError(
             f"latent sharding runs the sparse kernels only, got kernels={cfg.kernels!r}"
         )
+    names = tuple(name for name, _ in model.named_parameters())
+    if names != PARAMS or set(model.state_dict()) != set(ShardedCrosscoder.KEYS):
+        raise ConfigError(
+            f"latent sharding knows a crosscoder of parameters {list(PARAMS)}; this one has "
+            f"{sorted(model.state_dict())}: train it with latent_shards = 1"
+        )
     mesh = Mesh(latent_shards)
     retain_freed_memory()
     device = torch.device(device) if device is not None else model.b_enc_L.device
