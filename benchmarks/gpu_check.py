@@ -221,15 +221,16 @@ def model_training_speed(size: dict[str, Any], dtype: str, device: str, run: Pat
     }
 
 
-def harvest_speed(size: dict[str, Any], dtype: str, run: Path) -> dict:
-    """Tokens/s of harvesting the run's two models into a new store (forward passes + writes)."""
+def harvest_speed(size: dict[str, Any], dtype: str, device: str, run: Path) -> dict:
+    """Tokens/s of harvesting the run's two models, placed on ``device``, into a new store
+    (forward passes + writes)."""
     from crossdiff.adapters import load_adapter
     from crossdiff.corpus import load_sequences
     from crossdiff.plugins import create_plugin_manager
     from crossdiff.store import StoreConfig, harvest
 
     manager = create_plugin_manager()
-    adapters = {m: load_adapter(str(run / "models" / m), manager) for m in ("dense", "moe")}
+    adapters = {m: load_adapter(str(run / "models" / m), manager, device) for m in ("dense", "moe")}
     sequences = load_sequences(run / "corpus")["train"]
     spec = size["harvest"]
     n = min(len(sequences.input_ids), spec["train_sequences"])
@@ -245,7 +246,7 @@ def harvest_speed(size: dict[str, Any], dtype: str, run: Path) -> dict:
     return {
         "value": info.tokens / seconds,
         "unit": "tokens/s",
-        "setting": f"2 models at {site}, {n} sequences, {dtype} store",
+        "setting": f"2 models on {device} at {site}, {n} sequences, {dtype} store",
     }
 
 
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = work / "run"
                 results["throughput"] = {
                     "model training": model_training_speed(size, args.dtype, args.device, run),
-                    "harvest": harvest_speed(size, args.dtype, run),
+                    "harvest": harvest_speed(size, args.dtype, args.device, run),
                     "crosscoder training": crosscoder_speed(size, args.dtype, args.device),
                 }
     print(table(results))
