@@ -103,9 +103,9 @@ class Mesh:
         return t
 
     def gather_latents(self, t: torch.Tensor, dim: int, sizes: list[int]) -> torch.Tensor | None:
-        """On latent rank 0 of data rank 0: the latent group's slices of ``t`` (``sizes[j]``
-        along ``dim`` on latent rank j) concatenated along ``dim``; None elsewhere. The other
-        data ranks hold copies and take no part."""
+        """On the first process: the first latent group's slices of ``t`` (``sizes[j]`` along
+        ``dim`` on latent rank j) concatenated along ``dim`` (a ``gather``); None elsewhere. The
+        other data ranks hold copies and take no part."""
         if self.data_rank != 0:
             return None
         if self.latent_shards == 1:
@@ -114,12 +114,16 @@ class Mesh:
         pad = list(t.shape)
         pad[dim] = width - t.shape[dim]
         padded = torch.cat([t, t.new_zeros(pad)], dim=dim).contiguous()
-        parts = self.all_gather(padded, "latent")
-        if self.latent_rank != 0:
+        first = self.latent_rank == 0  # global rank 0: only it receives the slices
+        parts = [torch.empty_like(padded) for _ in sizes] if first else None
+        dist.gather(padded, parts, dst=0, group=self.groups["latent"])
+        if parts is None:
             return None
         return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes, strict=True)], dim)
 
-    def topk_keep(self, flat_N: torch.Tensor, scores_N: torch.Tensor, k_total: int):
+    def topk_keep(
+        self, flat_N: torch.Tensor, scores_N: torch.Tensor, k_total: int
+    ) -> tuple[torch.Tensor, float]:
         """``(mask_N, t)``: which local candidates the global BatchTopK keeps, and t, the
         ``k_total``-th largest score of the whole grid (−inf if fewer: all are kept).
 
