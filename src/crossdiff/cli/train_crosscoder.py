@@ -29,6 +29,7 @@ STAGE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("seed", int, "seed of the initialisation and batch order"),
     ("device", str, "auto, cpu, cuda or cuda:N"),
     ("dtype", str, "weight dtype: float32 or bfloat16"),
+    ("latent_shards", int, "under torchrun: processes the dictionary is split over"),
 )
 """``CrosscoderStageConfig`` fields offered as ``--flags`` (defaults come from the dataclass)."""
 

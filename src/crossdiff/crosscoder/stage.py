@@ -64,9 +64,15 @@ class CrosscoderStageConfig:
     device: str = "auto"
     """Where to train and evaluate: ``auto`` (CUDA where present, else CPU), ``cpu``, ``cuda``,
     ``cuda:N``; under ``torchrun`` a bare ``cuda`` is each process's own GPU."""
+    latent_shards: int = 1
+    """Under ``torchrun``: split the dictionary over this many processes (a divisor of the
+    world size; the rest is data parallel). Not a setting of the result: a run resumes with
+    any value (``crossdiff.crosscoder.sharded``)."""
 
     def __post_init__(self) -> None:
-        for name in ("expansion", "steps", "batch_size", "dead_tokens", "eval_shards"):
+        for name in (
+            "expansion", "steps", "batch_size", "dead_tokens", "eval_shards", "latent_shards"
+        ):  # fmt: skip
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"crosscoder {name} must be a positive integer, got {value!r}")
@@ -115,6 +121,16 @@ class CrosscoderStageConfig:
                 f"crosscoder n_shared = {self.n_shared} must be below the dictionary size "
                 f"{dict_size}{where}"
             )
+
+
+def _settings(config: CrosscoderStageConfig) -> dict[str, Any]:
+    """The stage's settings as its manifest records them: neither the progress bar nor the
+    latent sharding changes the result."""
+    from crossdiff.config import to_dict
+
+    settings = to_dict(config) | {"progress": None}
+    settings.pop("latent_shards")
+    return settings
 
 
 def _is_int(value: Any) -> bool:
@@ -222,7 +238,7 @@ def _train_stage(
         progress=config.progress,
     )
     record = {
-        "stage": to_dict(config) | {"progress": None},
+        "stage": _settings(config),
         "crosscoder": to_dict(cfg),
         "train": to_dict(tcfg) | {"progress": None},
         "store": store_fingerprint(info),
@@ -258,7 +274,6 @@ def _train_stage(
             f"the training shards hold fewer tokens than one batch of {config.batch_size}: "
             "lower the batch size or the held-out shards"
         )
-    model = Crosscoder(cfg).to(device)
     tracked = tracking if is_main_process() else None
     with (
         open_tracker(
@@ -266,9 +281,18 @@ def _train_stage(
         ) as tracker,
         named_checkpoint_errors(out / "checkpoint", ("load_checkpoint",)),
     ):
-        result = train(
-            model, reader, tcfg, out, on_step=lambda s: tracker.log(step_metrics(s), s.step)
-        )
+        on_step = lambda s: tracker.log(step_metrics(s), s.step)  # noqa: E731
+        if config.latent_shards > 1:  # each process keeps its slice on the device
+            from crossdiff.crosscoder.sharded_train import train_sharded
+
+            model = Crosscoder(cfg)
+            result = train_sharded(
+                model, reader, tcfg, config.latent_shards, out, device=device, on_step=on_step
+            )
+            model = model.to(device)
+        else:
+            model = Crosscoder(cfg).to(device)
+            result = train(model, reader, tcfg, out, on_step=on_step)
     rank = Collectives().rank
     finish_distributed()
     if rank != 0:
