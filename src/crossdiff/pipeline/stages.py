@@ -80,11 +80,12 @@ def run_harvest(run: Run, log: Log) -> None:
             "corpus": reference(run.corpus_dir, run.store_dir(split), run.run_dir),
         }
         info = harvest(
-            adapters, [spec.site], sequences[split], run.store_dir(split), config,
+            adapters, spec.harvested, sequences[split], run.store_dir(split), config,
             corpus_tokenizer=tokenizer, record=record, progress=run.progress,
             overwrite=run.overwrite,
         )  # fmt: skip
-        log(f"  {split}: {info.tokens:,} tokens of {', '.join(adapters)} at {spec.site}")
+        where = ", ".join(spec.harvested)
+        log(f"  {split}: {info.tokens:,} tokens of {', '.join(adapters)} at {where}")
 
 
 def harvest_done(run: Run) -> bool:
