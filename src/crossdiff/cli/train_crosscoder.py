@@ -14,6 +14,7 @@ STAGE_OPTIONS: tuple[tuple[str, type, str], ...] = (
     ("dict_size", int, "latents (overrides --expansion)"),
     ("k", float, "active latents per token (default: d_model/8)"),
     ("n_shared", int, "designated shared latents"),
+    ("n_dedicated", int, "dedicated latents per model (decoder into the others is zero)"),
     ("steps", int, "optimiser steps"),
     ("batch_size", int, "tokens per step"),
     ("lr", float, "peak learning rate"),
