@@ -260,3 +260,54 @@ def test_a_model_subset_naming_an_unknown_model_is_refused_naming_it() -> None:
         )  # fmt: skip
     with pytest.raises(ConfigError, match=r"unknown model 'X'"):
         subset_class(["X"], ("A", "B"))
+
+
+def test_multi_site_crosscoder_through_the_analyses_recovers_planted_classes() -> None:
+    """Two sites, each with its own planted features: the feature_classes analysis counts every
+    exclusive feature of either site as one latent of its class, and reports classes by site."""
+    from crossdiff.latents import scan_batches
+    from crossdiff_analyses.feature_classes import classify, latent_scaling
+
+    per_site = {
+        site: PlantedFeatures(
+            PlantedConfig(
+                d_models=(16, 16),
+                n_shared=5,
+                n_exclusive=(4, 3),
+                density_range=(0.04, 0.1),
+                seed=seed,
+            )
+        )
+        for seed, site in enumerate(("x", "y"))
+    }
+    k = float(sum(p.densities.sum() for p in per_site.values()))
+
+    def batches(n: int, size: int, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            batch = {}
+            for site, planted_site in per_site.items():
+                acts, _ = planted_site.sample(size, gen)
+                batch |= {f"{m}/{site}": a for m, a in acts.items()}
+            yield batch
+
+    model = Crosscoder(
+        CrosscoderConfig(
+            models=("A", "B"), d_models=(16, 16), dict_size=64, k=k, n_shared=4, sites=("x", "y")
+        )
+    )
+    tcfg = TrainConfig(steps=700, lr=3e-3, warmup_steps=50, dead_tokens=20_000, aux_k=8)
+    train(model, batches(700, 256, 1), tcfg)
+    held = [(b, {"domains": torch.zeros(2000, dtype=torch.uint8)}) for b in batches(4, 2000, 9)]
+    scan = scan_batches(model, held, ["all"], top_n=1)
+    summary = classify(model, scan.fires_L)
+    assert summary["counts"]["A_only"] == 8, summary  # 4 per site
+    assert summary["counts"]["B_only"] == 6, summary
+    assert set(summary["subsets_by_site"]) == {"x", "y"}
+    origin = summary["subsets_by_origin"]
+    # the tied block stays unused (no planted direction is the same in both models): only
+    # live latents are counted, by construction or emergent
+    assert origin["by construction"].get("shared", 0) == int((scan.fires_L[:4] > 0).sum())
+    assert sum(origin["emergent"].values()) == int((scan.fires_L[4:] > 0).sum())
+    beta_LM = latent_scaling(model, held)
+    assert beta_LM.shape == (64, 2) and bool(torch.isfinite(beta_LM).all())
