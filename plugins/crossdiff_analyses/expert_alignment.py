@@ -240,17 +240,19 @@ class ExpertAlignment:
         alignments = run_alignments(context)
         models, figures = {}, {}
         for name, adapter in adapters.items():
-            site = store.sites[name][0]
-            layer = adapter.site(site).layer
-            check_layers(name, adapter, [layer])
-            own_ids = alignments[name][input_ids] if name in alignments else input_ids
-            counts = align_store(
-                crosscoder, store, adapter, own_ids, layer, settings.batch_sequences
-            )
-            labels = [SHARED, *(only(m) for m in crosscoder.cfg.models)]
-            summary = alignment_summary(counts, adapter.top_k(layer), classes, settings, labels)
-            models[name] = {"site": site, "layer": layer, **summary}
-            figures[f"lift_matrix_{name}"] = _lift_matrix(name, models[name])
+            # several sites per model: one entry per MoE layer, keyed model/site
+            for site in crosscoder.cfg.sites or [store.sites[name][0]]:
+                key = f"{name}/{site}" if crosscoder.cfg.sites else name
+                layer = adapter.site(site).layer
+                check_layers(name, adapter, [layer])
+                own_ids = alignments[name][input_ids] if name in alignments else input_ids
+                counts = align_store(
+                    crosscoder, store, adapter, own_ids, layer, settings.batch_sequences
+                )
+                labels = [SHARED, *(only(m) for m in crosscoder.cfg.models)]
+                summary = alignment_summary(counts, adapter.top_k(layer), classes, settings, labels)
+                models[key] = {"site": site, "layer": layer, **summary}
+                figures[f"lift_matrix_{key.replace('/', '_')}"] = _lift_matrix(key, models[key])
         thresholds = {k: v for k, v in vars(settings).items() if k != "batch_sequences"}
         return AnalysisResult({"settings": thresholds, "models": models}, figures)
 

@@ -28,9 +28,11 @@ import torch
 from crossdiff.analysis import AnalysisResult, RunContext
 from crossdiff.crosscoder import Crosscoder
 from crossdiff.crosscoder.classes import (
+    class_table,
     latent_classes,
     latent_decoder_norms,
     relative_decoder_norm,
+    site_classes,
 )
 from crossdiff.figures import new_figure, save_figure
 from crossdiff.latents import iter_store_batches, scan_latents
@@ -84,13 +86,25 @@ def classify(crosscoder: Crosscoder, fires_L: torch.Tensor) -> dict[str, Any]:
             "median": float(cosines.median()),
             "mean": float(cosines.mean()),
         }
+    cfg = crosscoder.cfg
+    if cfg.n_dedicated or len(cfg.models) > 2 or cfg.sites:  # the single-site pair: unchanged
+        summary["subsets_by_origin"] = class_table(crosscoder, fires_L, margin=LOW)
+    if cfg.sites:
+        summary["subsets_by_site"] = {
+            site: _count([c for c, a in zip(per_site, alive, strict=True) if a])
+            for site, per_site in site_classes(crosscoder, margin=LOW).items()
+        }
     return summary
+
+
+def _count(labels: list[str]) -> dict[str, int]:
+    return {label: labels.count(label) for label in sorted(set(labels))}
 
 
 def decoder_cosines(crosscoder: Crosscoder) -> torch.Tensor:
     """``[L]`` cos(d_i^A, d_i^B) for the first two models (equal widths only)."""
     W_dec_LC = crosscoder.decoder_weights().detach()
-    a, b = torch.split(W_dec_LC, list(crosscoder.cfg.d_models), dim=1)[:2]
+    a, b = torch.split(W_dec_LC, list(crosscoder.cfg.widths), dim=1)[:2]
     return torch.nn.functional.cosine_similarity(a, b, dim=1)
 
 
@@ -101,8 +115,9 @@ def latent_scaling(crosscoder: Crosscoder, batches) -> torch.Tensor:
     norms_LM = latent_decoder_norms(crosscoder)
     W_dec_LC = crosscoder.decoder_weights().detach().double().cpu()
     scales = crosscoder.input_scale_M.detach().double().cpu()
-    parts = torch.split(W_dec_LC, list(crosscoder.cfg.d_models), dim=1)
+    parts = torch.split(W_dec_LC, list(crosscoder.cfg.widths), dim=1)
     units = [p / p.norm(dim=1, keepdim=True).clamp_min(1e-30) for p in parts]
+    inputs = crosscoder.cfg.inputs  # (key, model index, site, width): model m's sites in order
     n_models = len(crosscoder.cfg.models)
     numerator_LM = torch.zeros(crosscoder.cfg.dict_size, n_models, dtype=torch.float64)
     denominator_L = torch.zeros(crosscoder.cfg.dict_size, dtype=torch.float64)
@@ -112,8 +127,15 @@ def latent_scaling(crosscoder: Crosscoder, batches) -> torch.Tensor:
         f_BL = f_BL.double().cpu()
         f2_L = (f_BL**2).sum(0)
         denominator_L += f2_L
-        for m, model in enumerate(crosscoder.cfg.models):
-            residual_BD = (acts[model].double().cpu() - recon[model].double().cpu()) * scales[m]
+        for m in range(n_models):
+            residual_BD = torch.cat(
+                [
+                    (acts[key].double().cpu() - recon[key].double().cpu()) * scales[i]
+                    for i, (key, owner, _, _) in enumerate(inputs)
+                    if owner == m
+                ],
+                dim=1,
+            )
             along_BL = residual_BD @ units[m].T
             numerator_LM[:, m] += (f_BL * along_BL).sum(0) + f2_L * norms_LM[:, m]
     return numerator_LM / denominator_L[:, None].clamp_min(1e-30)

@@ -60,7 +60,7 @@ def iter_store_batches(
         n_rows = len(shard["tokens"])
         for start in range(0, n_rows, batch_size):
             rows = slice(start, start + batch_size)
-            acts = {m: shard[act_key(m, s)][rows].float() for m, s in sites.items()}
+            acts = {key: shard[act_key(m, s)][rows].float() for key, (m, s) in sites.items()}
             meta = {k: shard[k][rows] for k in ("tokens", "positions", "sequences", "domains")}
             yield acts, meta
 
@@ -115,8 +115,9 @@ def scan_batches(
     )
 
 
-def _crosscoder_sites(crosscoder: Crosscoder, store: StoreInfo) -> dict[str, str]:
-    """Model -> the store site the crosscoder reads (each model must have exactly one)."""
+def _crosscoder_sites(crosscoder: Crosscoder, store: StoreInfo) -> dict[str, tuple[str, str]]:
+    """Input key -> (model, store site) for every input the crosscoder reads: one site per
+    model, or the crosscoder's ``sites`` of every model."""
     sites = {}
     for model in crosscoder.cfg.models:
         if model not in store.sites:
@@ -124,10 +125,19 @@ def _crosscoder_sites(crosscoder: Crosscoder, store: StoreInfo) -> dict[str, str
                 f"the store at {str(store.path)!r} has no model {model!r}; "
                 f"it has {sorted(store.sites)}"
             )
+        if crosscoder.cfg.sites:
+            for site in crosscoder.cfg.sites:
+                if site not in store.sites[model]:
+                    raise ConfigError(
+                        f"site {site!r} is missing for model {model!r} in the store at "
+                        f"{str(store.path)!r} (it has {store.sites[model]})"
+                    )
+                sites[f"{model}/{site}"] = (model, site)
+            continue
         if len(store.sites[model]) != 1:
             raise ConfigError(
                 f"model {model!r} has several sites in the store ({store.sites[model]}); "
                 "a crosscoder reads one site per model"
             )
-        sites[model] = store.sites[model][0]
+        sites[model] = (model, store.sites[model][0])
     return sites

@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from crossdiff.cli.options import parse_assignments
 from crossdiff.crosscoder.stage import CrosscoderStageConfig
 
-STAGE_OPTIONS: tuple[tuple[str, type, str], ...] = (
+
+def _flag(value: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no) as a bool."""
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return lowered in ("true", "1", "yes")
+
+
+def _site_list(value: str) -> tuple[str, ...]:
+    """Comma-separated site names as a tuple."""
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+STAGE_OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("expansion", int, "latents per largest d_model"),
     ("dict_size", int, "latents (overrides --expansion)"),
     ("k", float, "active latents per token (default: d_model/8)"),
     ("n_shared", int, "designated shared latents"),
+    ("n_dedicated", int, "dedicated latents per model (decoder into the others is zero)"),
+    ("dedicated_encoder_own", _flag, "true: dedicated latents read their own model only"),
+    ("sites", _site_list, "comma-separated sites of every model, in one crosscoder"),
     ("steps", int, "optimiser steps"),
     ("batch_size", int, "tokens per step"),
     ("lr", float, "peak learning rate"),
@@ -36,9 +55,11 @@ STAGE_OPTIONS: tuple[tuple[str, type, str], ...] = (
 
 def _help(name: str, text: str) -> str:
     default = CrosscoderStageConfig.__dataclass_fields__[name].default
-    if default is None:
+    if default is None or default == ():
         return text
-    return f"{text} (default: {default if isinstance(default, str) else format(default, 'g')})"
+    if isinstance(default, (str, bool)):
+        return f"{text} (default: {str(default).lower() if isinstance(default, bool) else default})"
+    return f"{text} (default: {format(default, 'g')})"
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -10,6 +10,16 @@ block has r = 0.5 exactly, and the classes do not change when a model's activati
 Convention (two models A, B, in the crosscoder's config order): r_i = ‖d_i^B‖ / (‖d_i^A‖ + ‖d_i^B‖);
 ``A_only`` if r < 0.1, ``B_only`` if r > 0.9, ``shared`` in between. With more than two models a
 latent is ``<m>_only`` when model m holds more than 1 − ``margin`` of Σ_m ‖d_i^m‖, else shared.
+
+Model subsets (any M): model m belongs to latent i's subset when ‖d_i^m‖ ≥ margin/(1 − margin) ×
+max_m' ‖d_i^m'‖; the class is ``shared`` (every model), ``<m>_only`` (one) or ``A+B`` (the names
+of the subset joined by ``+``, in config order). For two models this is exactly the r convention
+above (r < 0.1 ⇔ ‖d^B‖ < ‖d^A‖/9).
+
+Origins: designated shared latents and dedicated latents have their class **by construction**
+(tied decoder; zero decoder into the other models); free latents' classes are **emergent**.
+With several sites per model, ‖d_i^m‖ is over all of model m's sites; :func:`site_classes` gives
+the class per site (layer) from the per-site norms.
 """
 
 from __future__ import annotations
@@ -17,7 +27,11 @@ from __future__ import annotations
 import torch
 
 from crossdiff.crosscoder.model import Crosscoder
-from crossdiff.crosscoder.synthetic import SHARED, only
+from crossdiff.crosscoder.synthetic import SHARED, only, subset_class
+
+DESIGNATED, DEDICATED, FREE = "designated", "dedicated", "free"
+"""Origins of a latent: the tied shared block, a dedicated block, or the free latents."""
+BY_CONSTRUCTION, EMERGENT = "by construction", "emergent"
 
 
 @torch.no_grad()
@@ -44,3 +58,64 @@ def latent_classes(model: Crosscoder, margin: float = 0.1) -> list[str]:
         only(names[int(b)]) if float(share[i, b]) > 1 - margin else SHARED
         for i, b in enumerate(best)
     ]
+
+
+def subsets_from_norms(
+    norms_LM: torch.Tensor, models: tuple[str, ...], margin: float = 0.1
+) -> list[str]:
+    """Model-subset class of every row of ``[L, M]`` decoder norms (see the module docstring);
+    ``dead`` for a latent whose decoder is zero everywhere."""
+    ratio = margin / (1 - margin)
+    top_L = norms_LM.max(dim=1, keepdim=True).values
+    member_LM = norms_LM >= ratio * top_L
+    out = []
+    for i in range(norms_LM.shape[0]):
+        if float(top_L[i]) <= 0:
+            out.append("dead")
+            continue
+        keep = member_LM[i].tolist()
+        out.append(subset_class([m for m, k in zip(models, keep, strict=True) if k], models))
+    return out
+
+
+def latent_subsets(model: Crosscoder, margin: float = 0.1) -> list[str]:
+    """Model-subset class of every latent (``shared``, ``<m>_only`` or ``A+B``)."""
+    return subsets_from_norms(latent_decoder_norms(model), model.cfg.models, margin)
+
+
+def site_classes(model: Crosscoder, margin: float = 0.1) -> dict[str, list[str]]:
+    """Site -> the model-subset class of every latent from its decoder norms at that site alone
+    (each model's block for the site); one entry ``""`` for a single-site crosscoder."""
+    by_input = model.decoder_norms_by_input().detach().double().cpu()
+    sites = model.cfg.sites or ("",)
+    out = {}
+    for site in sites:
+        cols = [i for i, (_, _, s, _) in enumerate(model.cfg.inputs) if (s or "") == site]
+        out[site] = subsets_from_norms(by_input[:, cols], model.cfg.models, margin)
+    return out
+
+
+def latent_origins(model: Crosscoder) -> list[str]:
+    """``designated``, ``dedicated`` or ``free`` for every latent (layout order)."""
+    cfg = model.cfg
+    origins = [DESIGNATED] * cfg.n_shared
+    for start, stop in cfg.dedicated_ranges:
+        origins += [DEDICATED] * (stop - start)
+    return origins + [FREE] * cfg.n_free
+
+
+def class_table(
+    model: Crosscoder, alive_L: torch.Tensor | None = None, margin: float = 0.1
+) -> dict:
+    """Counts of live latents per model-subset class, split into ``by construction``
+    (designated shared, dedicated) and ``emergent`` (free latents)."""
+    subsets = latent_subsets(model, margin)
+    origins = latent_origins(model)
+    alive = [True] * len(subsets) if alive_L is None else (alive_L > 0).tolist()
+    table: dict[str, dict[str, int]] = {BY_CONSTRUCTION: {}, EMERGENT: {}}
+    for cls, origin, live in zip(subsets, origins, alive, strict=True):
+        if not live:
+            continue
+        kind = EMERGENT if origin == FREE else BY_CONSTRUCTION
+        table[kind][cls] = table[kind].get(cls, 0) + 1
+    return table

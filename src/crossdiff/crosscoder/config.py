@@ -25,6 +25,16 @@ class CrosscoderConfig:
     """Mean active latents per token (BatchTopK keeps round(k·B) per batch); may be fractional."""
     n_shared: int = 0
     """Designated shared latents ``S``: the first S, one tied decoder vector for all models."""
+    n_dedicated: tuple[int, ...] = ()
+    """Dedicated latents per model (aligned with ``models``; empty: none): after the shared
+    block, ``n_dedicated[m]`` latents whose decoder into every other model is structurally zero
+    (not a parameter), so they are ``<model>_only`` by construction."""
+    dedicated_encoder_own: bool = False
+    """Dedicated latents read only their own model's activations (their encoder weights from
+    the other models are masked to exactly zero)."""
+    sites: tuple[str, ...] = ()
+    """Several sites per model in one crosscoder (every model has each, in this order; batch
+    keys ``model/site``); empty: one site per model, batch keys the model names."""
     rank_by_decoder_norm: bool = True
     """Rank latents by activation × Σ_m ‖d_i^m‖ (training and inference), not activation."""
     sparsity_coeff: float = 0.0
@@ -44,6 +54,8 @@ class CrosscoderConfig:
             raise ConfigError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         object.__setattr__(self, "d_models", tuple(int(d) for d in self.d_models))
         object.__setattr__(self, "k", float(self.k))
+        object.__setattr__(self, "n_dedicated", tuple(int(n) for n in self.n_dedicated))
+        object.__setattr__(self, "sites", tuple(self.sites))
         if len(self.models) < 2:
             raise ConfigError(f"a crosscoder needs at least two models, got {list(self.models)}")
         if len(set(self.models)) != len(self.models):
@@ -71,6 +83,21 @@ class CrosscoderConfig:
                 f"equal d_models; got {dict(zip(self.models, self.d_models, strict=True))} "
                 "(set n_shared=0 for models of different width)"
             )
+        if self.n_dedicated and len(self.n_dedicated) != len(self.models):
+            raise ConfigError(
+                f"n_dedicated has {len(self.n_dedicated)} entries for {len(self.models)} models "
+                f"{list(self.models)}, got {list(self.n_dedicated)}"
+            )
+        if any(n < 0 for n in self.n_dedicated):
+            raise ConfigError(f"n_dedicated must be >= 0 per model, got {list(self.n_dedicated)}")
+        if self.n_shared + sum(self.n_dedicated) > self.dict_size:
+            raise ConfigError(
+                f"the partition (n_shared {self.n_shared} + n_dedicated "
+                f"{list(self.n_dedicated)} = {self.n_shared + sum(self.n_dedicated)} latents) "
+                f"is larger than dict_size {self.dict_size}"
+            )
+        if len(set(self.sites)) != len(self.sites) or any(not s for s in self.sites):
+            raise ConfigError(f"sites must be distinct non-empty names, got {list(self.sites)}")
         if self.sparsity_coeff < 0:
             raise ConfigError(f"sparsity_coeff must be >= 0, got {self.sparsity_coeff}")
         if not 0 <= self.shared_sparsity_ratio <= 1:
@@ -79,9 +106,62 @@ class CrosscoderConfig:
             )
 
     @property
+    def n_sites(self) -> int:
+        """Sites per model (1 when ``sites`` is empty)."""
+        return max(1, len(self.sites))
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Each model's columns in ``C``: n_sites × D_m (its sites side by side)."""
+        return tuple(self.n_sites * d for d in self.d_models)
+
+    @property
     def d_total(self) -> int:
-        """The concatenated width ``C`` = Σ_m D_m."""
-        return sum(self.d_models)
+        """The concatenated width ``C`` = Σ_m n_sites·D_m."""
+        return sum(self.widths)
+
+    @property
+    def inputs(self) -> tuple[tuple[str, int, str | None, int], ...]:
+        """The input blocks ``I`` in column order: (batch key, model index, site, width).
+
+        Model-major: model m's sites are adjacent, so each model's columns are contiguous."""
+        out = []
+        for m, (name, d) in enumerate(zip(self.models, self.d_models, strict=True)):
+            if not self.sites:
+                out.append((name, m, None, d))
+            for site in self.sites:
+                out.append((f"{name}/{site}", m, site, d))
+        return tuple(out)
+
+    @property
+    def input_keys(self) -> tuple[str, ...]:
+        """Batch keys of the input blocks (the model names for a single site)."""
+        return tuple(key for key, _, _, _ in self.inputs)
+
+    @property
+    def dedicated_ranges(self) -> tuple[tuple[int, int], ...]:
+        """``[start, stop)`` of each model's dedicated latents (empty ranges without them)."""
+        out, start = [], self.n_shared
+        for n in self.n_dedicated or (0,) * len(self.models):
+            out.append((start, start + n))
+            start += n
+        return tuple(out)
+
+    @property
+    def n_free(self) -> int:
+        """Latents neither designated shared nor dedicated."""
+        return self.dict_size - self.n_shared - sum(self.n_dedicated)
+
+
+NEW_FIELDS = {"n_dedicated": (), "dedicated_encoder_own": False, "sites": ()}
+"""Fields added after the first crosscoders were saved, with their defaults: left out of
+records where they hold the default, so that an older run's settings still match."""
+
+
+def compact_record(record: dict, defaults: dict = NEW_FIELDS) -> dict:
+    """``record`` without the keys of ``defaults`` that hold their default value."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    return {k: v for k, v in record.items() if k not in plain or v != plain[k]}
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Held-out evaluation: FVE per model and pooled, inference L0, dead latents, CE recovered.
 
-FVE_m = 1 − Σ_t ‖x_t − x̂_t‖² / Σ_t ‖x_t − x̄‖², x̄ the mean of the evaluated tokens, sums in
+FVE_m = 1 − Σ_t ‖x_t − x̂_t‖² / Σ_t ‖x_t − x̄‖² (per model, or per model × site for a crosscoder
+over several sites per model), x̄ the mean of the evaluated tokens, sums in
 float64 (:class:`FVESums`). The error term is the plain squared error: a reconstruction that is off
 by a constant offset loses the offset's share (a variance of the error would forgive it). FVE_m
 does not depend on model m's units. The pooled FVE sums numerator and denominator over every
@@ -27,7 +28,7 @@ class EvalResult:
     """Held-out metrics of a crosscoder."""
 
     fve: dict[str, float]
-    """Fraction of variance explained per model."""
+    """Fraction of variance explained per model (per ``model/site`` with several sites)."""
     fve_pooled: float
     """FVE over every model's dimensions together, in the crosscoder's normalised space."""
     l0: float
@@ -83,7 +84,8 @@ def evaluate(
     model: Crosscoder, batches: Iterable[Mapping[str, torch.Tensor]], max_tokens: int | None = None
 ) -> EvalResult:
     """FVE, inference L0 and dead fraction over ``batches`` (up to ``max_tokens`` tokens)."""
-    sums = {m: FVESums() for m in model.cfg.models}
+    keys = model.cfg.input_keys
+    sums = {key: FVESums() for key in keys}
     fired = torch.zeros(model.cfg.dict_size, dtype=torch.bool)
     active, n = 0, 0
     for batch in batches:
@@ -93,17 +95,17 @@ def evaluate(
             batch = {k: v[: max_tokens - n] for k, v in batch.items()}
         latents_BL = model.encode(batch)
         recon = model.decode(latents_BL)
-        for m in model.cfg.models:
-            sums[m].add(batch[m], recon[m])
+        for key in keys:
+            sums[key].add(batch[key], recon[key])
         nz_BL = latents_BL > 0
         fired |= nz_BL.any(0).cpu()
         active += int(nz_BL.sum())
         n += latents_BL.shape[0]
     if n == 0:
         raise ConfigError("evaluation got no held-out tokens")
-    scale2 = {m: float(s) ** 2 for m, s in zip(model.cfg.models, model.input_scale_M, strict=True)}
+    scale2 = {key: float(s) ** 2 for key, s in zip(keys, model.input_scale_M, strict=True)}
     return EvalResult(
-        fve={m: sums[m].fve() for m in model.cfg.models},
+        fve={key: sums[key].fve() for key in keys},
         fve_pooled=fve_from(
             sum(scale2[m] * sums[m].squared_error for m in sums),
             sum(scale2[m] * sums[m].total_variance for m in sums),

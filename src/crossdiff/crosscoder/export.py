@@ -18,22 +18,26 @@ from crossdiff.errors import unknown_choice
 
 
 def to_sae_lens(model: Crosscoder, name: str):  # -> sae_lens.JumpReLUSAE
-    """The ``sae_lens.JumpReLUSAE`` equivalent to ``model`` on ``name``'s activations alone."""
+    """The ``sae_lens.JumpReLUSAE`` equivalent to ``model`` on ``name``'s activations alone
+    (``name`` an input key: a model, or ``model/site`` for a crosscoder over several sites)."""
     from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
     from sae_lens.saes.sae import SAEMetadata
 
-    if name not in model.cfg.models:
-        raise unknown_choice("model", name, model.cfg.models)
-    m = model.cfg.models.index(name)
-    lo, hi = model.offsets[m], model.offsets[m + 1]
-    scale = float(model.input_scale_M[m])
+    keys = model.cfg.input_keys
+    if name not in keys:
+        raise unknown_choice("model" if not model.cfg.sites else "model/site", name, keys)
+    i = keys.index(name)
+    lo, hi = model.input_offsets[i], model.input_offsets[i + 1]
+    scale = float(model.input_scale_M[i])
     cfg = JumpReLUSAEConfig(
         d_in=hi - lo,
         d_sae=model.cfg.dict_size,
         dtype="float32",
         apply_b_dec_to_input=False,
         normalize_activations="none",
-        metadata=SAEMetadata(model_name=name, crossdiff_crosscoder_models=list(model.cfg.models)),
+        metadata=SAEMetadata(
+            model_name=name.split("/")[0], crossdiff_crosscoder_models=list(model.cfg.models)
+        ),
     )
     sae = JumpReLUSAE(cfg)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from torch import nn
 
 from crossdiff.checkpoints import load_tensors
 from crossdiff.config import from_dict, to_dict
-from crossdiff.crosscoder.config import CrosscoderConfig
+from crossdiff.crosscoder.config import CrosscoderConfig, compact_record
 from crossdiff.crosscoder.sparse import (
     SparsePattern,
     dense_decode,
@@ -75,29 +75,64 @@ class Crosscoder(nn.Module):
 
     Latents ``0..S-1`` are the designated shared block: d_i^m is ONE parameter for every m
     (tied, so the models must have equal d_model when S > 0). Only the decoder is tied.
+    Then come the dedicated blocks (``n_dedicated[m]`` latents per model m): only d_i^m is a
+    parameter, d_i^{m'} for every other model is the constant 0; with ``dedicated_encoder_own``
+    their encoder weights from the other models are masked to exactly 0 too. The rest are free.
+
+    With several sites per model (``cfg.sites``) x_m is the concatenation of model m's sites,
+    each input block (model × site) with its own input scale; ‖d_i^m‖ is over all its sites.
+    ``input_scale_M`` holds one scale per input block (M of them for a single site).
     """
 
     def __init__(self, cfg: CrosscoderConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        L, S, C = cfg.dict_size, cfg.n_shared, cfg.d_total
+        S, C = cfg.n_shared, cfg.d_total
         gen = torch.Generator().manual_seed(cfg.seed)
-        W_shared_SD = torch.randn(S, cfg.d_models[0] if S else 0, generator=gen)
-        W_excl_XC = torch.randn(L - S, C, generator=gen)
+        W_shared_SD = torch.randn(S, cfg.widths[0] if S else 0, generator=gen)
+        W_excl_XC = torch.randn(cfg.n_free, C, generator=gen)
         self.W_dec_shared_SD = nn.Parameter(_unit_rows(W_shared_SD))
         self.W_dec_excl_XC = nn.Parameter(
             torch.cat([_unit_rows(w) for w in self._split_C(W_excl_XC)], dim=1)
         )
+        # dedicated latents: only their own model's decoder block is a parameter
+        self.W_dec_dedicated = nn.ParameterList(
+            nn.Parameter(_unit_rows(torch.randn(n, width, generator=gen)))
+            for n, width in zip(cfg.n_dedicated, cfg.widths, strict=False)
+        )
         # encoder = 0.1 · decoderᵀ: the first reconstructions are small, not noise larger than x
         self.W_enc_CL = nn.Parameter(0.1 * self.decoder_weights().detach().T.contiguous())
-        self.b_enc_L = nn.Parameter(torch.zeros(L))
+        self.b_enc_L = nn.Parameter(torch.zeros(cfg.dict_size))
         self.b_dec_C = nn.Parameter(torch.zeros(C))
         dtype = getattr(torch, cfg.dtype)
         for p in self.parameters():  # drawn in float32, so every dtype starts from the same draw
             p.data = p.data.to(dtype)
         # float32 whatever the weights' dtype: a bf16 θ could not follow its EMA's small steps
-        self.register_buffer("input_scale_M", torch.ones(len(cfg.models)))
+        self.register_buffer("input_scale_M", torch.ones(len(cfg.inputs)))
         self.register_buffer("threshold", torch.zeros(()))
+        self._encoder_mask_CL: torch.Tensor | None = None
+        if cfg.dedicated_encoder_own and sum(cfg.n_dedicated):
+            self._encoder_mask_CL = self.encoder_mask()
+            with torch.no_grad():
+                self.W_enc_CL.mul_(self._encoder_mask_CL.to(dtype))
+            self.W_enc_CL.register_hook(self._mask_encoder_grad)
+
+    def encoder_mask(self) -> torch.Tensor:
+        """``[C, L]`` bool: False where a dedicated latent would read another model's columns."""
+        mask_CL = torch.ones(self.cfg.d_total, self.cfg.dict_size, dtype=torch.bool)
+        offsets = self.offsets
+        for m, (start, stop) in enumerate(self.cfg.dedicated_ranges):
+            mask_CL[:, start:stop] = False
+            mask_CL[offsets[m] : offsets[m + 1], start:stop] = True
+        return mask_CL
+
+    def _mask_encoder_grad(self, grad_CL: torch.Tensor) -> torch.Tensor:
+        """Zero the gradient of masked encoder weights: with zero weights, zero gradients and
+        Adam's moments starting at zero, Adam's step there is exactly zero forever."""
+        mask = self._encoder_mask_CL
+        if mask.device != grad_CL.device:
+            mask = self._encoder_mask_CL = mask.to(grad_CL.device)
+        return grad_CL * mask
 
     # ------------------------------------------------------------------ layout
 
@@ -105,25 +140,53 @@ class Crosscoder(nn.Module):
     def offsets(self) -> list[int]:
         """Start of each model's columns in the concatenated width ``C`` (and C at the end)."""
         out = [0]
-        for d in self.cfg.d_models:
+        for width in self.cfg.widths:
+            out.append(out[-1] + width)
+        return out
+
+    @property
+    def input_offsets(self) -> list[int]:
+        """Start of each input block's columns in ``C`` (and C at the end)."""
+        out = [0]
+        for _, _, _, d in self.cfg.inputs:
             out.append(out[-1] + d)
         return out
 
     def _split_C(self, t: torch.Tensor) -> list[torch.Tensor]:
-        """Split the last axis of ``t`` into one view per model."""
-        return list(torch.split(t, list(self.cfg.d_models), dim=-1))
+        """Split the last axis of ``t`` into one view per model (all its sites)."""
+        return list(torch.split(t, list(self.cfg.widths), dim=-1))
+
+    def _split_inputs(self, t: torch.Tensor) -> list[torch.Tensor]:
+        """Split the last axis of ``t`` into one view per input block (model × site)."""
+        return list(torch.split(t, [d for _, _, _, d in self.cfg.inputs], dim=-1))
 
     def decoder_weights(self) -> torch.Tensor:
-        """``W_dec_LC``: the shared block tiled across models, then the free latents."""
-        if self.cfg.n_shared == 0:
+        """``W_dec_LC``: the shared block tiled across models, the dedicated blocks (zeros
+        outside their model: constants, not parameters), then the free latents."""
+        blocks = []
+        if self.cfg.n_shared:
+            blocks.append(self.W_dec_shared_SD.repeat(1, len(self.cfg.models)))
+        if len(self.W_dec_dedicated):
+            offsets = self.offsets
+            C = self.cfg.d_total
+            for m, W_ND in enumerate(self.W_dec_dedicated):
+                left = W_ND.new_zeros(W_ND.shape[0], offsets[m])
+                right = W_ND.new_zeros(W_ND.shape[0], C - offsets[m + 1])
+                blocks.append(torch.cat([left, W_ND, right], dim=1))
+        if not blocks:
             return self.W_dec_excl_XC
-        tiled_SC = self.W_dec_shared_SD.repeat(1, len(self.cfg.models))
-        return torch.cat([tiled_SC, self.W_dec_excl_XC], dim=0)
+        return torch.cat([*blocks, self.W_dec_excl_XC], dim=0)
 
     def decoder_norms(self, W_dec_LC: torch.Tensor | None = None) -> torch.Tensor:
-        """``[L, M]``: ‖d_i^m‖ for every latent and model (of ``W_dec_LC`` if given)."""
+        """``[L, M]``: ‖d_i^m‖ for every latent and model, over all the model's sites (of
+        ``W_dec_LC`` if given)."""
         W_dec_LC = self.decoder_weights() if W_dec_LC is None else W_dec_LC
         return torch.stack([w.norm(dim=1) for w in self._split_C(W_dec_LC)], dim=1)
+
+    def decoder_norms_by_input(self, W_dec_LC: torch.Tensor | None = None) -> torch.Tensor:
+        """``[L, I]``: the decoder norm of every latent into every input block (model × site)."""
+        W_dec_LC = self.decoder_weights() if W_dec_LC is None else W_dec_LC
+        return torch.stack([w.norm(dim=1) for w in self._split_inputs(W_dec_LC)], dim=1)
 
     @torch.no_grad()
     def rank_weights(self, W_dec_LC: torch.Tensor | None = None) -> torch.Tensor:
@@ -135,16 +198,18 @@ class Crosscoder(nn.Module):
     # ------------------------------------------------------------------ inputs
 
     def concat_inputs(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Check ``batch`` (model name -> ``[B, D_m]``) and return normalised ``x_BC`` on the
-        crosscoder's device, in its dtype."""
-        missing = [m for m in self.cfg.models if m not in batch]
+        """Check ``batch`` (input key -> ``[B, D]``: model names, or ``model/site`` with several
+        sites) and return normalised ``x_BC`` on the crosscoder's device, in its dtype."""
+        keys = self.cfg.input_keys
+        missing = [key for key in keys if key not in batch]
         if missing:
+            what = "model(s)" if not self.cfg.sites else "model/site input(s)"
             raise ConfigError(
-                f"batch has no activations for model(s) {missing}; it has {sorted(batch)}, "
-                f"the crosscoder needs {list(self.cfg.models)}"
+                f"batch has no activations for {what} {missing}; it has {sorted(batch)}, "
+                f"the crosscoder needs {list(keys)}"
             )
         parts, n = [], None
-        for m, (name, d) in enumerate(zip(self.cfg.models, self.cfg.d_models, strict=True)):
+        for i, (name, _, _, d) in enumerate(self.cfg.inputs):
             x = batch[name]
             if x.ndim != 2 or x.shape[1] != d:
                 raise ConfigError(
@@ -153,24 +218,27 @@ class Crosscoder(nn.Module):
             if n is not None and x.shape[0] != n:
                 raise ConfigError(f"models have different batch sizes: {n} and {x.shape[0]}")
             n = x.shape[0]
-            s_m = self.input_scale_M[m]
-            x = x.detach().to(device=s_m.device, dtype=s_m.dtype)
-            parts.append((x * s_m).to(self.b_enc_L.dtype))
+            s_i = self.input_scale_M[i]
+            x = x.detach().to(device=s_i.device, dtype=s_i.dtype)
+            parts.append((x * s_i).to(self.b_enc_L.dtype))
         return torch.cat(parts, dim=1)
 
     def split_outputs(self, y_BC: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised ``[B, C]`` -> model name -> ``[B, D_m]`` in the models' own units."""
+        """Normalised ``[B, C]`` -> input key -> ``[B, D]`` in the models' own units."""
         return {
-            name: part / self.input_scale_M[m]
-            for m, (name, part) in enumerate(zip(self.cfg.models, self._split_C(y_BC), strict=True))
+            key: part / self.input_scale_M[i]
+            for i, (key, part) in enumerate(
+                zip(self.cfg.input_keys, self._split_inputs(y_BC), strict=True)
+            )
         }
 
     @torch.no_grad()
     def fit_input_scales_(self, batch: Mapping[str, torch.Tensor]) -> None:
-        """Set s_m so that E‖s_m·x_m‖² = D_m on ``batch``, and b_dec to the batch mean."""
-        for m, (name, d) in enumerate(zip(self.cfg.models, self.cfg.d_models, strict=True)):
+        """Set s_i so that E‖s_i·x_i‖² = D_i on ``batch`` for every input block, and b_dec to
+        the batch mean."""
+        for i, (name, _, _, d) in enumerate(self.cfg.inputs):
             x = batch[name].double()
-            self.input_scale_M[m] = (d / x.pow(2).sum(dim=1).mean().clamp_min(1e-30)).sqrt()
+            self.input_scale_M[i] = (d / x.pow(2).sum(dim=1).mean().clamp_min(1e-30)).sqrt()
         self.b_dec_C.copy_(self.concat_inputs(batch).mean(dim=0))
 
     # ------------------------------------------------------------------ encode
@@ -293,7 +361,8 @@ class Crosscoder(nn.Module):
         """Write ``cfg.json`` and ``model.safetensors`` into directory ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / CONFIG_FILE).write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
+        record = compact_record(to_dict(self.cfg))  # a single-site pair's cfg.json as before
+        (path / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
         tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
         save_file(tensors, str(path / WEIGHTS_FILE))
         return path

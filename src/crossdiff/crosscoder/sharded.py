@@ -187,6 +187,12 @@ class ShardedCrosscoder(nn.Module):
 
     def __init__(self, cfg: CrosscoderConfig, mesh: Mesh) -> None:
         super().__init__()
+        if sum(cfg.n_dedicated) or cfg.sites:
+            raise ConfigError(
+                "latent sharding holds free and designated shared latents over one site per "
+                f"model; got n_dedicated {list(cfg.n_dedicated)} and sites {list(cfg.sites)} "
+                "(train this crosscoder with latent_shards = 1)"
+            )
         if cfg.dict_size < mesh.latent_shards:
             raise ConfigError(
                 f"latent_shards = {mesh.latent_shards} exceeds the dictionary's "

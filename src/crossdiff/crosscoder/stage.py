@@ -30,6 +30,13 @@ class CrosscoderStageConfig:
     """Mean active latents per token (BatchTopK); None: widest d_model / 8."""
     n_shared: int = 0
     """Designated shared latents (the tied block)."""
+    n_dedicated: int = 0
+    """Dedicated latents per model (decoder into the other models structurally zero)."""
+    dedicated_encoder_own: bool = False
+    """Dedicated latents read only their own model (encoder from the others masked to zero)."""
+    sites: tuple[str, ...] = ()
+    """Several sites per model in one crosscoder (at least two; every model must have each in
+    the store); empty: one site per model."""
     steps: int = 2000
     """Optimiser steps."""
     batch_size: int = 1024
@@ -76,7 +83,20 @@ class CrosscoderStageConfig:
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ConfigError(f"crosscoder {name} must be a positive integer, got {value!r}")
-        for name in ("n_shared", "k_anneal_steps", "checkpoint_every", "ce_sequences", "seed"):
+        object.__setattr__(self, "sites", tuple(self.sites))
+        if len(self.sites) == 1 or len(set(self.sites)) != len(self.sites):
+            raise ConfigError(
+                f"crosscoder sites must list at least two distinct sites, got {list(self.sites)} "
+                "(for one site per model leave it empty)"
+            )
+        if not isinstance(self.dedicated_encoder_own, bool):
+            raise ConfigError(
+                f"crosscoder dedicated_encoder_own must be true or false, "
+                f"got {self.dedicated_encoder_own!r}"
+            )
+        for name in (
+            "n_shared", "n_dedicated", "k_anneal_steps", "checkpoint_every", "ce_sequences", "seed"
+        ):  # fmt: skip
             value = getattr(self, name)
             if not _is_int(value) or value < 0:
                 raise ConfigError(f"crosscoder {name} must be an integer >= 0, got {value!r}")
@@ -122,13 +142,33 @@ class CrosscoderStageConfig:
                 f"{dict_size}{where}"
             )
 
+    def check_partition(self, dict_size: int, n_models: int, where: str = "") -> None:
+        """Raise unless the designated and dedicated blocks fit a dictionary of ``dict_size``."""
+        used = self.n_shared + n_models * self.n_dedicated
+        if self.n_dedicated and used > dict_size:
+            raise ConfigError(
+                f"the crosscoder partition n_shared {self.n_shared} + {n_models} models x "
+                f"n_dedicated {self.n_dedicated} = {used} latents is larger than the dictionary "
+                f"size {dict_size}{where}"
+            )
+
+    def record(self) -> dict[str, Any]:
+        """The settings as recorded (fields added later left out while at their default, so
+        an older run's record still matches)."""
+        from crossdiff.config import to_dict
+        from crossdiff.crosscoder.config import compact_record
+
+        return compact_record(to_dict(self), STAGE_NEW_FIELDS)
+
+
+STAGE_NEW_FIELDS = {"n_dedicated": 0, "dedicated_encoder_own": False, "sites": ()}
+"""Stage fields added after the first runs, with their defaults."""
+
 
 def _settings(config: CrosscoderStageConfig) -> dict[str, Any]:
     """The stage's settings as its manifest records them: neither the progress bar nor the
     latent sharding changes the result."""
-    from crossdiff.config import to_dict
-
-    settings = to_dict(config) | {"progress": None}
+    settings = config.record() | {"progress": None}
     settings.pop("latent_shards")
     return settings
 
@@ -188,6 +228,7 @@ def _train_stage(
 ) -> dict[str, Any]:
     from crossdiff.config import to_dict
     from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
+    from crossdiff.crosscoder.config import compact_record
     from crossdiff.crosscoder.distributed import Collectives, finish_distributed, init_distributed
     from crossdiff.crosscoder.evaluate import evaluate
     from crossdiff.crosscoder.train import train
@@ -203,8 +244,12 @@ def _train_stage(
     from crossdiff.store import StoreReader, open_store, store_fingerprint
 
     info = open_store(store_dir)
-    models, sites = choose_sites(info.sites, models, sites or {})
-    dims = tuple(info.dims[m][sites[m]] for m in models)
+    if config.sites:
+        models, dims = choose_multi_sites(info, models, config.sites)
+        sites = None
+    else:
+        models, sites = choose_sites(info.sites, models, sites or {})
+        dims = tuple(info.dims[m][sites[m]] for m in models)
     n_shards = len(info.shard_paths())
     heldout = open_store(heldout_store) if heldout_store is not None else None
     if heldout is None and not 1 <= config.eval_shards < n_shards:
@@ -214,13 +259,18 @@ def _train_stage(
         )
     train_shards = list(range(n_shards if heldout else n_shards - config.eval_shards))
     dict_size = config.resolved_dict_size(dims)
-    config.check_dictionary(dict_size, f" ({config.expansion} x widest d_model {max(dims)})")
+    where = f" ({config.expansion} x widest d_model {max(dims)})"
+    config.check_dictionary(dict_size, where)
+    config.check_partition(dict_size, len(models), where)
     cfg = CrosscoderConfig(
         models=models,
         d_models=dims,
         dict_size=dict_size,
         k=config.resolved_k(dims),
         n_shared=config.n_shared,
+        n_dedicated=(config.n_dedicated,) * len(models) if config.n_dedicated else (),
+        dedicated_encoder_own=config.dedicated_encoder_own,
+        sites=config.sites,
         sparsity_coeff=config.sparsity_coeff,
         shared_sparsity_ratio=config.shared_sparsity_ratio,
         seed=config.seed,
@@ -239,7 +289,7 @@ def _train_stage(
     )
     record = {
         "stage": _settings(config),
-        "crosscoder": to_dict(cfg),
+        "crosscoder": compact_record(to_dict(cfg)),
         "train": to_dict(tcfg) | {"progress": None},
         "store": store_fingerprint(info),
         "heldout_store": store_fingerprint(heldout) if heldout else None,
@@ -305,9 +355,12 @@ def _train_stage(
     metrics["eval_window_tokens"] = metrics.pop("n_tokens")
     metrics["train_steps"], metrics["nan_batches"] = result.steps, result.nan_batches
     all_shards = list(range(len(eval_info.shard_paths())))
-    metrics["ce_recovered"] = ce_metrics(
-        model, eval_info, sites, eval_shards or all_shards, config.ce_sequences
-    )
+    if sites is None:  # several sites: splicing one site's reconstruction is not defined here
+        metrics["ce_recovered"] = None
+    else:
+        metrics["ce_recovered"] = ce_metrics(
+            model, eval_info, sites, eval_shards or all_shards, config.ce_sequences
+        )
     atomic_write_json(out / "metrics.json", metrics)
     write_manifest(out, "crosscoder", record, complete=True)
     return metrics
@@ -344,6 +397,34 @@ def choose_sites(
                 )
             sites[m] = available[m][0]
     return models, sites
+
+
+def choose_multi_sites(
+    info: Any, models: tuple[str, ...] | None, sites: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The models and each one's width for a crosscoder over ``sites`` of every model: each
+    model must have every site in the store, all of one width."""
+    from crossdiff.errors import unknown_choice
+
+    available = info.sites
+    models = tuple(models) if models else tuple(available)
+    dims = []
+    for m in models:
+        if m not in available:
+            raise unknown_choice("model (not in the store)", m, available)
+        for site in sites:
+            if site not in available[m]:
+                raise ConfigError(
+                    f"site {site!r} is missing for model {m!r} in the store (it has {available[m]})"
+                )
+        widths = {info.dims[m][site] for site in sites}
+        if len(widths) != 1:
+            raise ConfigError(
+                f"the sites of model {m!r} have different widths {info.dims[m]}: "
+                "a crosscoder over several sites needs one width per model"
+            )
+        dims.append(widths.pop())
+    return models, tuple(dims)
 
 
 def ce_metrics(

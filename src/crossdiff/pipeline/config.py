@@ -44,10 +44,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class HarvestSpec:
-    """Which site of every model is harvested, and how much."""
+    """Which site(s) of every model are harvested, and how much."""
 
     site: str = "2.mlp_out"
     """The site, by common name (``L.mlp_out``, ``L.resid_post``...) or native name."""
+    sites: tuple[str, ...] = ()
+    """Several sites harvested together (replaces ``site``; a crosscoder over them sets its
+    ``sites`` too); empty: ``site`` alone."""
     train_sequences: int | None = None
     """Training-split sequences harvested for the crosscoder (None: all)."""
     validation_sequences: int | None = None
@@ -64,6 +67,16 @@ class HarvestSpec:
     def __post_init__(self) -> None:
         if self.model_dtype not in MODEL_DTYPES:
             raise unknown_choice("harvest model_dtype", str(self.model_dtype), MODEL_DTYPES)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sites", tuple(self.sites))
+        if len(set(self.sites)) != len(self.sites):
+            raise ConfigError(f"harvest sites must be distinct, got {list(self.sites)}")
+
+    @property
+    def harvested(self) -> list[str]:
+        """The sites harvested: ``sites`` if given, else ``[site]``."""
+        return list(self.sites) or [self.site]
 
 
 @dataclass(frozen=True)

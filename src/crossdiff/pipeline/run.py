@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdiff.config import to_dict
+from crossdiff.crosscoder.config import compact_record
 from crossdiff.errors import ConfigError
 from crossdiff.pipeline.config import RunConfig
 from crossdiff.plugins import CrossdiffPluginManager, create_plugin_manager
@@ -118,8 +119,8 @@ def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
     return {
         "corpus": lambda: to_dict(config.corpus),
         "models": lambda: to_dict(config.models),
-        "harvest": lambda: to_dict(config.harvest),
-        "crosscoder": lambda: to_dict(config.crosscoder),
+        "harvest": lambda: compact_record(to_dict(config.harvest), {"sites": ()}),
+        "crosscoder": lambda: config.crosscoder.record(),
         "analyses": lambda: list(config.analyses),
         "report": lambda: {"name": config.name},
     }[stage]()
@@ -163,13 +164,24 @@ def check_run(run: Run) -> None:
             model.model, model.train,
         )  # fmt: skip
         widths[name] = model_config.d_model
-        layer, dot, _ = spec.site.partition(".")
-        if dot and layer.isdigit() and int(layer) >= model_config.n_layers:
-            raise ConfigError(
-                f"harvest site {spec.site!r} is past model {name!r}, which has "
-                f"{model_config.n_layers} layers (0..{model_config.n_layers - 1})"
-            )
+        for site in spec.harvested:
+            layer, dot, _ = site.partition(".")
+            if dot and layer.isdigit() and int(layer) >= model_config.n_layers:
+                raise ConfigError(
+                    f"harvest site {site!r} is past model {name!r}, which has "
+                    f"{model_config.n_layers} layers (0..{model_config.n_layers - 1})"
+                )
     crosscoder = config.crosscoder
+    for site in crosscoder.sites:
+        if site not in spec.harvested:
+            raise ConfigError(
+                f"crosscoder site {site!r} is not harvested (harvest sites {spec.harvested})"
+            )
+    if len(spec.harvested) > 1 and not crosscoder.sites:
+        raise ConfigError(
+            f"harvest has several sites {spec.harvested}: set crosscoder.sites to the ones the "
+            "crosscoder reads"
+        )
     if len(widths) == len(config.models):  # every width known before training
         dims = tuple(widths.values())
         size = crosscoder.resolved_dict_size(dims)
@@ -177,6 +189,7 @@ def check_run(run: Run) -> None:
             "dict_size" if crosscoder.dict_size else f"{crosscoder.expansion} x d_model {max(dims)}"
         )
         crosscoder.check_dictionary(size, f" ({how})")
+        crosscoder.check_partition(size, len(dims), f" ({how})")
 
 
 def _check_local_path(name: str, path: str) -> None:

@@ -85,11 +85,12 @@ def run_harvest(run: Run, log: Log) -> None:
             **({"model_dtype": spec.model_dtype} if spec.model_dtype != "fp32" else {}),
         }
         info = harvest(
-            adapters, [spec.site], sequences[split], run.store_dir(split), config,
+            adapters, spec.harvested, sequences[split], run.store_dir(split), config,
             corpus_tokenizer=tokenizer, record=record, progress=run.progress,
             overwrite=run.overwrite,
         )  # fmt: skip
-        log(f"  {split}: {info.tokens:,} tokens of {', '.join(adapters)} at {spec.site}")
+        where = ", ".join(spec.harvested)
+        log(f"  {split}: {info.tokens:,} tokens of {', '.join(adapters)} at {where}")
 
 
 def harvest_done(run: Run) -> bool:
