@@ -154,11 +154,14 @@ class CrosscoderStageConfig:
 
     def record(self) -> dict[str, Any]:
         """The settings as recorded (fields added later left out while at their default, so
-        an older run's record still matches)."""
+        an older run's record still matches; ``latent_shards`` left out: how the dictionary is
+        spread over processes does not change the result)."""
         from crossdiff.config import to_dict
         from crossdiff.crosscoder.config import compact_record
 
-        return compact_record(to_dict(self), STAGE_NEW_FIELDS)
+        settings = compact_record(to_dict(self), STAGE_NEW_FIELDS)
+        settings.pop("latent_shards")
+        return settings
 
 
 STAGE_NEW_FIELDS = {"n_dedicated": 0, "dedicated_encoder_own": False, "sites": ()}
@@ -166,11 +169,8 @@ STAGE_NEW_FIELDS = {"n_dedicated": 0, "dedicated_encoder_own": False, "sites": (
 
 
 def _settings(config: CrosscoderStageConfig) -> dict[str, Any]:
-    """The stage's settings as its manifest records them: neither the progress bar nor the
-    latent sharding changes the result."""
-    settings = config.record() | {"progress": None}
-    settings.pop("latent_shards")
-    return settings
+    """The stage's settings as its manifest records them (the progress bar changes nothing)."""
+    return config.record() | {"progress": None}
 
 
 def _is_int(value: Any) -> bool:

@@ -67,8 +67,6 @@ class HarvestSpec:
     def __post_init__(self) -> None:
         if self.model_dtype not in MODEL_DTYPES:
             raise unknown_choice("harvest model_dtype", str(self.model_dtype), MODEL_DTYPES)
-
-    def __post_init__(self) -> None:
         object.__setattr__(self, "sites", tuple(self.sites))
         if len(set(self.sites)) != len(self.sites):
             raise ConfigError(f"harvest sites must be distinct, got {list(self.sites)}")

@@ -114,12 +114,17 @@ def run_pipeline(
     return json.loads((run.run_dir / "report" / "summary.json").read_text())
 
 
+HARVEST_NEW_FIELDS = {"sites": (), "model_dtype": "fp32"}
+"""Harvest settings added after the first runs, with their defaults (left out of the
+fingerprint while at them, so an older run's stages stay up to date)."""
+
+
 def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
     """The part of the config a stage depends on directly."""
     return {
         "corpus": lambda: to_dict(config.corpus),
         "models": lambda: to_dict(config.models),
-        "harvest": lambda: compact_record(to_dict(config.harvest), {"sites": ()}),
+        "harvest": lambda: compact_record(to_dict(config.harvest), HARVEST_NEW_FIELDS),
         "crosscoder": lambda: config.crosscoder.record(),
         "analyses": lambda: list(config.analyses),
         "report": lambda: {"name": config.name},
