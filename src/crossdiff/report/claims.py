@@ -29,6 +29,10 @@ class Claim:
     holds: bool | None
     """True / False; None when the run cannot decide it."""
 
+    def __post_init__(self) -> None:
+        if self.holds is not None:  # a numpy bool from a statistic becomes a plain one
+            object.__setattr__(self, "holds", bool(self.holds))
+
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON."""
         return asdict(self)
@@ -64,7 +68,7 @@ def feature_claims(summary: dict[str, Any]) -> list[Claim]:
         return []
     claims = []
     a, b = counts.get(f"{dense}_only", 0), counts.get(f"{moe}_only", 0)
-    p = binomtest(b, a + b, 0.5, alternative="less").pvalue if a + b else 1.0
+    p = float(binomtest(b, a + b, 0.5, alternative="less").pvalue) if a + b else 1.0
     claims.append(
         Claim(
             "seed paper",

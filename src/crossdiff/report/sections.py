@@ -149,7 +149,7 @@ def compared(summary: dict[str, Any]) -> ReportSection:
             ["sparsity weight λ", lam],
             ["designated shared block (latents, tied decoder)", settings.get("n_shared")],
             ["λ of the shared block", lam * ratio if lam is not None and ratio else None],
-            ["training steps × batch (tokens)", settings.get("steps")],
+            ["training steps", settings.get("steps")],
             ["batch size (tokens)", settings.get("batch_size")],
             ["training tokens", settings.get("train_tokens")],
             ["held-out tokens (evaluation)", summary["crosscoder"].get("eval_window_tokens")],
