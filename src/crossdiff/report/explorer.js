@@ -15,7 +15,11 @@
   const shown = (t) => JSON.stringify(t).slice(1, -1);  // whitespace and newlines made visible
   const fmt = (v, digits) => {
     if (v === null || v === undefined) return "–";
-    if (typeof v === "number") return Math.abs(v) >= 1e5 ? v.toLocaleString("en") : Number(v.toPrecision(digits || 3)).toString();
+    if (typeof v === "number") {
+      if (Math.abs(v) >= 1e5) return v.toLocaleString("en");
+      if (v !== 0 && Math.abs(v) < 1e-3) return v.toExponential((digits || 3) - 1);
+      return Number(v.toPrecision(digits || 3)).toString();
+    }
     if (Array.isArray(v)) return v.map(shown).join(" · ");
     return String(v);
   };
@@ -99,7 +103,10 @@
 
   function openCard(latent) {
     for (const tr of $("latent-table").tBodies[0].rows) tr.classList.toggle("selected", Number(tr.dataset.latent) === latent);
-    loadChunk(Math.floor(latent / data.chunk)).then((chunk) => showCard(chunk[String(latent)]));
+    loadChunk(Math.floor(latent / data.chunk)).then((chunk) => {
+      if (chunk && chunk[String(latent)]) showCard(chunk[String(latent)]);
+      else $("row-count").textContent = `latent ${latent} is not a live latent`;
+    });
   }
 
   function histogram(counts, edges) {

@@ -29,6 +29,7 @@ import torch
 from crossdiff.crosscoder import Crosscoder
 from crossdiff.crosscoder.classes import latent_classes, latent_decoder_norms
 from crossdiff.latents import iter_store_batches
+from crossdiff.progress import progress_bar
 from crossdiff.stages import atomic_write_text
 from crossdiff.store import StoreInfo
 
@@ -122,7 +123,8 @@ def tally_latents(
     scales_M = crosscoder.input_scale_M.detach().double().cpu()
     units = [p / p.norm(dim=1, keepdim=True).clamp_min(1e-30) for p in _decoder_parts(crosscoder)]
     meta_parts: dict[str, list[torch.Tensor]] = {}
-    for acts, meta in iter_store_batches(crosscoder, store, batch_size):
+    batches = iter_store_batches(crosscoder, store, batch_size)
+    for acts, meta in progress_bar(batches, desc="explorer: latents", unit=" batches"):
         f_BL = crosscoder.encode(acts)
         recon = crosscoder.decode(f_BL)
         f_BL = f_BL.to("cpu", torch.float64)
@@ -208,7 +210,8 @@ def window_values(
     ids = torch.tensor(latents, dtype=torch.long)
     latent_LNW = ids[:, None, None].expand_as(rows_LNW)
     offset = 0
-    for acts, _ in iter_store_batches(crosscoder, store, batch_size):
+    batches = iter_store_batches(crosscoder, store, batch_size)
+    for acts, _ in progress_bar(batches, desc="explorer: contexts", unit=" batches"):
         n_rows = len(next(iter(acts.values())))
         inside = (rows_LNW >= offset) & (rows_LNW < offset + n_rows)
         if inside.any():
