@@ -43,7 +43,7 @@ def synthetic(n_latents: int, seed: int = 0):
                 rng.sample(words, 3),
                 f"moe:{rng.randrange(8)}" if rng.random() < 0.2 else None,
                 rng.random() * 3,
-            ]  # fmt: skip
+            ]
         )
         cards[latent] = {
             "latent": latent,
@@ -53,7 +53,7 @@ def synthetic(n_latents: int, seed: int = 0):
                     "values": [round(rng.random(), 3) for _ in range(16)],
                     "peak": 12,
                     "sequence": 0,
-                }  # fmt: skip
+                }
                 for _ in range(8)
             ],
             "histogram": [rng.randrange(100) for _ in range(30)],
@@ -62,24 +62,30 @@ def synthetic(n_latents: int, seed: int = 0):
                 m: {
                     k: [[rng.choice(words), rng.random()] for _ in range(10)]
                     for k in ("promoted", "suppressed")
-                }  # fmt: skip
+                }
                 for m in ("dense", "moe")
             },
             "experts": {
                 "moe": {
                     k: [rng.random() for _ in range(8)] for k in ("conditional", "lift", "base")
                 }
-            },  # fmt: skip
+            },
         }
     columns = ["latent", "class", "relative_norm", "scaled_ratio", "density"]
     columns += [f"density_{d}" for d in domains]
     columns += ["max_activation", "top_tokens", "expert", "lift"]
     index = {
-        "columns": columns, "rows": rows, "models": ["dense", "moe"], "domains": domains,
-        "histogram_edges": [round(10 ** (x / 6), 3) for x in range(-18, 13)], "chunk": 128,
-        "tokens": 260_096, "n_latents": n_latents,
-        "classes": ["dense_only", "moe_only", "shared"], "expert_models": {"moe": 2},
-    }  # fmt: skip
+        "columns": columns,
+        "rows": rows,
+        "models": ["dense", "moe"],
+        "domains": domains,
+        "histogram_edges": [round(10 ** (x / 6), 3) for x in range(-18, 13)],
+        "chunk": 128,
+        "tokens": 260_096,
+        "n_latents": n_latents,
+        "classes": ["dense_only", "moe_only", "shared"],
+        "expert_models": {"moe": 2},
+    }
     return index, cards
 
 
@@ -100,27 +106,31 @@ def time_page(browser, page_path: Path) -> tuple[float, float]:
 
 def main() -> None:
     from playwright.sync_api import sync_playwright
+    from tests.report.browser import CHROMIUM_FLAGS
 
     from crossdiff.report import write_report
-    from tests.report.browser import CHROMIUM_FLAGS
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     with tempfile.TemporaryDirectory() as tmp:
         pages = {}
         for n in (2_048, 16_384):
             started = time.perf_counter()
-            pages[n] = write_report(Path(tmp) / str(n) / "report.html", f"{n} latents", [],
-                                    explorer=synthetic(n))  # fmt: skip
+            pages[n] = write_report(
+                Path(tmp) / str(n) / "report.html", f"{n} latents", [], explorer=synthetic(n)
+            )
             size = sum(p.stat().st_size for p in pages[n].parent.rglob("*")) / 2**20
             index = (pages[n].parent / "latents" / "index.js").stat().st_size / 2**20
-            print(f"{n:>6} latents: written in {time.perf_counter() - started:.1f} s, "
-                  f"{size:.1f} MiB in all, index.js {index:.2f} MiB")  # fmt: skip
+            print(
+                f"{n:>6} latents: written in {time.perf_counter() - started:.1f} s, "
+                f"{size:.1f} MiB in all, index.js {index:.2f} MiB"
+            )
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
             times = {n: [time_page(browser, p) for _ in range(3)] for n, p in pages.items()}
             browser.close()
-    medians = {n: [statistics.median(t[i] for t in runs) for i in (0, 1)]
-               for n, runs in times.items()}  # fmt: skip
+    medians = {
+        n: [statistics.median(t[i] for t in runs) for i in (0, 1)] for n, runs in times.items()
+    }
     for n, (load, card) in medians.items():
         print(f"{n:>6} latents: page ready {load:.2f} s, card open {card:.2f} s (median of 3)")
     ratio = [medians[16_384][i] / medians[2_048][i] for i in (0, 1)]

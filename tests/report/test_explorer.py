@@ -27,7 +27,7 @@ D_MODEL, VOCAB = 16, 40
 
 
 def one_block_model(seed: int = 0):
-    """A one-block LayerNorm HookedTransformer whose final norm has a non-trivial weight and bias."""
+    """A one-block LayerNorm HookedTransformer; its final norm has a non-trivial weight and bias."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     config = HookedTransformerConfig(

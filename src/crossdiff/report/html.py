@@ -81,7 +81,8 @@ figcaption { color: #444; font-size: .92em; max-width: 60em; }
 .note { color: #555; font-size: .92em; }
 #explorer-controls { display: flex; gap: 1em; align-items: center; flex-wrap: wrap;
   margin: .5em 0; }
-#latent-table { width: 100%; font-size: .85em; } #latent-table th { cursor: pointer; user-select: none; }
+#latent-table { width: 100%; font-size: .85em; }
+#latent-table th { cursor: pointer; user-select: none; }
 #latent-table th.sorted-asc::after { content: " ▲"; }
 #latent-table th.sorted-desc::after { content: " ▼"; }
 #latent-table tbody tr { cursor: pointer; } #latent-table tbody tr:hover { background: #eef4ff; }
