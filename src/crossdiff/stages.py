@@ -315,7 +315,7 @@ def stage_lock(stage_dir: str | Path) -> Iterator[None]:
     path = lock_path(stage_dir)
     with named_write_errors(path):
         stage_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for a plain write
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
