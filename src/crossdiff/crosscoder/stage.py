@@ -261,6 +261,7 @@ def _train_stage(
     if rank != 0:
         return {}
     model.save_pretrained(out / WEIGHTS_DIR)
+    write_train_log(out / TRAIN_LOG, result.history)
     eval_info = heldout or info
     eval_shards = None if heldout else list(range(n_shards - config.eval_shards, n_shards))
     held_out = StoreReader(eval_info, 4096, sites=sites, normalize=False, shards=eval_shards)
@@ -274,6 +275,23 @@ def _train_stage(
     atomic_write_json(out / "metrics.json", metrics)
     write_manifest(out, "crosscoder", record, complete=True)
     return metrics
+
+
+TRAIN_LOG = "train_log.json"
+"""The training curve: one record per optimiser step (the report draws it)."""
+
+
+def write_train_log(path: Path, history: list) -> None:
+    """Append this process's steps to the curve at ``path`` (a resumed run keeps earlier steps)."""
+    from dataclasses import asdict
+
+    from crossdiff.stages import atomic_write_json, read_json_file
+
+    steps = [asdict(stats) for stats in history]
+    first = steps[0]["step"] if steps else None
+    earlier = (read_json_file(path, "training log") or {}).get("history", [])
+    kept = [s for s in earlier if first is None or s["step"] < first]
+    atomic_write_json(path, {"history": kept + steps})
 
 
 def choose_sites(

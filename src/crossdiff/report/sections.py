@@ -188,6 +188,19 @@ def training(run: Any, summary: dict[str, Any], figure_dir: Path) -> ReportSecti
                 "similar held-out losses: the comparison assumes comparable models.",
             )
         )
+    crosscoder_log = run.run_dir / "crosscoder" / "train_log.json"
+    if crosscoder_log.is_file():
+        figure_dir.mkdir(parents=True, exist_ok=True)
+        path = figure_dir / "crosscoder_training.png"
+        draw_crosscoder_training(json.loads(crosscoder_log.read_text())["history"], path)
+        figures.append(
+            Figure(
+                path,
+                "The crosscoder's training: loss, pooled FVE on each training batch, active "
+                "latents per token (L0) and the dead fraction, per step. Look for FVE levelling "
+                "off, L0 near k and the dead fraction falling.",
+            )
+        )
     blocks = []
     quality = summary.get("crosscoder")
     if quality:
@@ -208,10 +221,29 @@ def training(run: Any, summary: dict[str, Any], figure_dir: Path) -> ReportSecti
             )
         )
     text = (
-        "The crosscoder stage keeps no loss history on disk, so only its final held-out "
-        "quality is shown."
+        "The crosscoder's curve is drawn when its stage kept one (train_log.json, written since "
+        "this report's version); its held-out quality is in the table."
     )
     return ReportSection("Training and quality", text, figures=figures, blocks=blocks)
+
+
+def draw_crosscoder_training(history: list[dict[str, Any]], path: Path) -> None:
+    """Four panels against the step: loss, FVE, L0, dead fraction."""
+    from crossdiff.figures import new_figure, save_figure
+
+    figure = new_figure(12, 3.2)
+    steps = [h["step"] for h in history]
+    panels = (
+        ("loss", "loss (normalised units)"),
+        ("fve", "FVE (training batch)"),
+        ("l0", "L0 (active latents / token)"),
+        ("dead_fraction", "dead fraction"),
+    )
+    for axes, (key, label) in zip(figure.subplots(1, 4), panels, strict=True):
+        axes.plot(steps, [h[key] for h in history], linewidth=1)
+        axes.set_xlabel("training step")
+        axes.set_ylabel(label)
+    save_figure(figure, path)
 
 
 def draw_training(logs: dict[str, dict[str, Any]], path: Path) -> None:
