@@ -84,7 +84,8 @@ def test_run_writes_the_documented_summary_keys(tiny_run: Path) -> None:
     assert set(summary["features"]["counts"]) == {"shared", "dense_only", "moe_only"}
     assert "shared" in summary["density"]["median"]
     html = (tiny_run / "out" / "report" / "report.html").read_text()
-    assert "data:image/png;base64," in html and "CircuitsVis" in html
+    assert "data:image/png;base64," in html and "assets/circuitsvis.js" in html
+    assert (tiny_run / "out" / "report" / "assets" / "circuitsvis.js").is_file()
 
 
 @pytest.mark.slow
@@ -119,7 +120,7 @@ def test_the_moe_analyses_run_on_the_in_repo_moe(tiny_run: Path) -> None:
     assert {"similarity_overlap_moe", "collapse_moe"} <= figures
     html = (out / "report" / "report.html").read_text()
     for title in ("Routing", "Early decoding", "Expert alignment"):
-        assert f"<h2>{title}</h2>" in html
+        assert f">{title}</h2>" in html
 
 
 @pytest.mark.slow
@@ -140,7 +141,7 @@ def test_the_run_report_renders_in_headless_chromium(tiny_run: Path) -> None:
     seen = open_in_chromium(tiny_run / "out" / "report" / "report.html", "report-run.png")
     assert seen.errors == []
     assert len(seen.image_widths) >= 3 and all(width > 0 for width in seen.image_widths)
-    assert seen.token_views and all(view.strip() for view in seen.token_views)
+    # token views live in the latent cards: tests/report/test_report_browser.py opens one
 
 
 @pytest.mark.slow

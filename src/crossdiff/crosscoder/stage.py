@@ -348,6 +348,7 @@ def _train_stage(
     if rank != 0:
         return {}
     model.save_pretrained(out / WEIGHTS_DIR)
+    write_train_log(out / TRAIN_LOG, result.history)
     eval_info = heldout or info
     eval_shards = None if heldout else list(range(n_shards - config.eval_shards, n_shards))
     held_out = StoreReader(eval_info, 4096, sites=sites, normalize=False, shards=eval_shards)
@@ -370,6 +371,23 @@ def step_metrics(stats: Any) -> dict[str, float]:
     """One training step's numbers (a ``StepStats``) as a tracker receives them."""
     names = ("loss", "mse", "aux", "fve", "l0", "dead_fraction", "lr", "k")
     return {f"crosscoder/{name}": getattr(stats, name) for name in names}
+
+
+TRAIN_LOG = "train_log.json"
+"""The training curve: one record per optimiser step (the report draws it)."""
+
+
+def write_train_log(path: Path, history: list) -> None:
+    """Append this process's steps to the curve at ``path`` (a resumed run keeps earlier steps)."""
+    from dataclasses import asdict
+
+    from crossdiff.stages import atomic_write_json, read_json_file
+
+    steps = [asdict(stats) for stats in history]
+    first = steps[0]["step"] if steps else None
+    earlier = (read_json_file(path, "training log") or {}).get("history", [])
+    kept = [s for s in earlier if first is None or s["step"] < first]
+    atomic_write_json(path, {"history": kept + steps})
 
 
 def choose_sites(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdiff.pipeline.run import Run
-from crossdiff.report import ReportSection, TokenDashboard, write_report
+from crossdiff.report import write_report
 from crossdiff.stages import atomic_write_json, read_manifest
 
 MODEL_KEYS = ("arch", "active_params", "total_params", "tokens_seen", "val_loss", "unigram_entropy")
@@ -157,53 +157,145 @@ def similarity_summary(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def crosscoder_settings(run: Run) -> dict[str, Any] | None:
+    """What the crosscoder compared and how it was trained (from its stage manifest)."""
+    manifest = read_manifest(run.crosscoder_dir)
+    if not manifest or manifest.get("stage") != "crosscoder":
+        return None
+    config = manifest.get("config", {})
+    model = config.get("crosscoder", {})
+    stage = config.get("stage", {})
+    steps, batch = stage.get("steps"), config.get("batch_size", stage.get("batch_size"))
+    return {
+        "sites": config.get("sites", {}),
+        "dict_size": model.get("dict_size"),
+        "k": model.get("k"),
+        "sparsity_coeff": model.get("sparsity_coeff"),
+        "n_shared": model.get("n_shared"),
+        "shared_sparsity_ratio": model.get("shared_sparsity_ratio"),
+        "steps": steps,
+        "batch_size": batch,
+        "train_tokens": steps * batch if steps and batch else None,
+    }
+
+
 def write_run_report(run: Run) -> Path:
-    """Write ``RUN/report/summary.json`` and ``RUN/report/report.html``; return the page."""
+    """Write ``RUN/report/summary.json`` and the report folder (``report.html``, ``assets/``,
+    ``latents/``); return the page."""
+    from crossdiff.report.claims import run_claims
+    from crossdiff.report.sections import report_sections
+
     summary = build_summary(run)
+    settings = crosscoder_settings(run)
+    if settings and "crosscoder" in summary:
+        summary["crosscoder"]["settings"] = settings
+    explorer = run_explorer(run)
+    if explorer is not None:
+        summary["explorer"] = {"latents": len(explorer[0]["rows"])}
+    summary["claims"] = [claim.as_dict() for claim in run_claims(summary)]
     report_dir = run.run_dir / "report"
     atomic_write_json(report_dir / "summary.json", summary)
-    sections = [
-        ReportSection("Models", "The models compared, as trained here.", summary["models"]),
-    ]
-    if "crosscoder" in summary:
-        sections.append(
-            ReportSection(
-                "Crosscoder",
-                "Held-out fraction of variance explained per model and pooled, inference L0, "
-                "dead fraction over the evaluation window, and CE loss recovered when each "
-                "model's reconstruction is spliced back into it.",
-                summary["crosscoder"],
-            )
-        )
-    for name in run.config.analyses:
-        data = summary["analyses"].get(name)
-        if data is None:
-            continue
-        figures = sorted((run.run_dir / "analyses" / name).glob("*.png"))
-        if name == "dashboards":
-            sections.append(ReportSection("Dashboards", DASHBOARD_TEXT,
-                                          dashboards=_dashboards(data)))  # fmt: skip
-            continue
-        table = summary.get("moe", {}).get(name) or {
-            k: v for k, v in data.items() if not isinstance(v, list)
-        }
-        sections.append(ReportSection(name.replace("_", " ").capitalize(), "", table, figures))
-    return write_report(report_dir / "report.html", f"crossdiff: {run.config.name}", sections)
+    sections = report_sections(run, summary, report_dir / "figures")
+    return write_report(
+        report_dir / "report.html",
+        f"crossdiff: {run.config.name}",
+        sections,
+        intro=INTRO,
+        explorer=explorer,
+    )
 
 
-DASHBOARD_TEXT = (
-    "Top-activating held-out contexts of latents sampled from each class; each token is "
-    "coloured by the latent's activation on it."
+INTRO = (
+    "What do the two models have in common, and what does only one of them have? A crosscoder "
+    "reads both models' activations at one site and learns one dictionary of latents; each "
+    "latent's decoder norms say whether it belongs to both models or to one. The findings come "
+    "first: each claim this run can test, the value measured and whether it holds here."
 )
 
 
-def _dashboards(data: dict[str, Any]) -> list[TokenDashboard]:
-    boards = []
-    for board in data.get("dashboards", []):
-        title = (
-            f"latent {board['latent']} ({board['class']}, density {board['density']:.2e}, "
-            f"max activation {board['max_activation']:.3g})"
+def run_explorer(run: Run):
+    """``(index, cards)`` of the latent explorer, or None without a finished crosscoder."""
+    from crossdiff.crosscoder import Crosscoder
+    from crossdiff.crosscoder.stage import WEIGHTS_DIR
+    from crossdiff.report.explorer import build_explorer
+    from crossdiff.store import open_store
+
+    manifest = read_manifest(run.crosscoder_dir)
+    store_dir = run.store_dir("validation")
+    if not (manifest and manifest.get("complete")) or read_manifest(store_dir) is None:
+        return None
+    crosscoder = Crosscoder.from_pretrained(run.crosscoder_dir / WEIGHTS_DIR)
+    store = open_store(store_dir)
+    return build_explorer(crosscoder, store, explorer_inputs(run, crosscoder, store))
+
+
+def explorer_inputs(run: Run, crosscoder, store):
+    """Tokens, each model's unembedding path and the MoE models' routing, for the explorer."""
+    import functools
+
+    import torch
+
+    from crossdiff.adapters import load_adapter
+    from crossdiff.corpus import load_sequences, load_tokenizer
+    from crossdiff.report.explorer import ExpertView, ExplorerInputs
+    from crossdiff.store import store_alignments
+
+    split = store.manifest["config"]["store"]["split"]
+    input_ids = load_sequences(run.corpus_dir)[split].input_ids
+    tokenizer = load_tokenizer(run.corpus_dir / "tokenizer")
+    inputs = ExplorerInputs(functools.cache(lambda i: tokenizer.decode([i])), input_ids)
+    paths = store.record.get("models", {})
+    alignments = store_alignments(store)
+    for name in crosscoder.cfg.models:
+        if name not in paths:
+            continue
+        adapter = load_adapter(paths[name], run.manager)
+        site = adapter.site(store.sites[name][0])
+        parameter = next(adapter.model.parameters())
+        unembed = _unembedding(adapter, parameter.device, parameter.dtype)
+        try:
+            unembed(torch.zeros(1, site.dim))
+        except (RuntimeError, ValueError):  # the site is not residual-width: no direct path
+            unembed = None
+        if unembed is not None:
+            inputs.unembeds[name] = unembed
+            if adapter.tokenizer is not None:
+                own = adapter.tokenizer
+                inputs.model_tokens[name] = functools.cache(lambda i, t=own: t.decode([i]))
+        if site.layer in adapter.moe_layers():
+            own_ids = alignments[name][input_ids] if name in alignments else input_ids
+            inputs.experts[name] = ExpertView(
+                site.layer, adapter.n_experts(site.layer), _router(adapter, own_ids, site.layer)
+            )
+    return inputs
+
+
+def _unembedding(adapter, device, dtype):
+    def unembed(hidden):
+        return adapter.unembed(hidden.to(device, dtype)).float().cpu()
+
+    return unembed
+
+
+def _router(adapter, input_ids, layer: int, batch: int = 16):
+    """``(sequences [B], positions [B]) -> [B, K]`` chosen experts, routing each sequence once."""
+    import numpy as np
+    import torch
+
+    routed: dict[int, torch.Tensor] = {}
+
+    def chosen(sequences: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        missing = sorted(set(sequences.tolist()) - set(routed))
+        for start in range(0, len(missing), batch):
+            rows = missing[start : start + batch]
+            tokens = torch.as_tensor(np.asarray(input_ids[rows])).long()
+            device = next(adapter.model.parameters()).device
+            top = adapter.routing(tokens.to(device), [layer])[layer].topk_indices.cpu()
+            for row, per_position in zip(rows, top.reshape(len(rows), tokens.shape[1], -1),
+                                         strict=True):  # fmt: skip
+                routed[row] = per_position
+        return torch.stack(
+            [routed[int(s)][int(p)] for s, p in zip(sequences, positions, strict=True)]
         )
-        contexts = [(c["tokens"], c["values"]) for c in board["contexts"]]
-        boards.append(TokenDashboard(title, contexts))
-    return boards
+
+    return chosen

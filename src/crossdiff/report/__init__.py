@@ -1,5 +1,19 @@
-"""The report stage: one self-contained, offline ``report.html`` with figures and dashboards."""
+"""The report stage: one offline folder, ``report.html`` with its figures and latent explorer."""
 
-from crossdiff.report.html import ReportSection, TokenDashboard, render_report, write_report
+from crossdiff.report.html import (
+    Figure,
+    ReportSection,
+    TokenDashboard,
+    html_table,
+    render_report,
+    write_report,
+)
 
-__all__ = ["ReportSection", "TokenDashboard", "render_report", "write_report"]
+__all__ = [
+    "Figure",
+    "ReportSection",
+    "TokenDashboard",
+    "html_table",
+    "render_report",
+    "write_report",
+]
