@@ -115,3 +115,27 @@ def test_a_killed_rank_resumes_to_the_same_store(tmp_path, reference_store, vict
     _run(_torchrun(out))
     assert_same_store(out, reference_store)
     assert sorted(open_store(out).manifest["shards"]) == _shards(out)
+
+
+def test_rank_zero_errors_are_raised_on_every_rank_as_the_same_kind() -> None:
+    from crossdiff.errors import ConfigError, StageError
+    from crossdiff.store.ranks import _rebuilt
+
+    error = _rebuilt("ConfigError", "bad value")
+    assert type(error) is ConfigError and str(error) == "bad value"
+    other = _rebuilt("KeyError", "'x'")
+    assert type(other) is StageError and "rank 0 failed: KeyError: 'x'" in str(other)
+
+
+@pytest.mark.slow
+def test_a_refused_store_stops_every_rank(tmp_path) -> None:
+    """Rank 0 refuses a directory that is not a store; rank 1 raises the same, nobody hangs."""
+    out = tmp_path / "store"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a store")
+    proc = subprocess.run(
+        _torchrun(out), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert proc.returncode != 0
+    assert proc.stderr.count("is not an activation store") >= 2, proc.stderr[-3000:]
+    assert (out / "notes.txt").read_text() == "not a store"

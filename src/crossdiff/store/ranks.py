@@ -60,13 +60,13 @@ class Ranks:
             try:
                 outcome[0] = ("ok", action())
             except BaseException as error:
-                outcome[0] = ("error", _portable(error))
+                outcome[0] = ("error", (type(error).__name__, str(error)))
                 self._broadcast(outcome)
                 raise
         self._broadcast(outcome)
         kind, value = outcome[0]
         if kind == "error":
-            raise value
+            raise _rebuilt(*value)
         return value
 
     def gather(self, value: T) -> list[T]:
@@ -106,13 +106,12 @@ class Ranks:
         dist.broadcast_object_list(outcome, src=0)
 
 
-def _portable(error: BaseException) -> BaseException:
-    """``error`` if it survives pickling (to be raised on the other ranks), else a
-    :class:`StageError` with its text."""
-    import pickle
+def _rebuilt(name: str, message: str) -> BaseException:
+    """Rank 0's error on another rank: the same crossdiff error kind (``ConfigError``,
+    ``StageError``...) with the same message, or a :class:`StageError` naming its type."""
+    from crossdiff import errors
 
-    try:
-        pickle.loads(pickle.dumps(error))
-    except Exception:
-        return StageError(f"rank 0 failed: {type(error).__name__}: {error}")
-    return error
+    kind = getattr(errors, name, None)
+    if isinstance(kind, type) and issubclass(kind, errors.CrossdiffError):
+        return kind(message)
+    return StageError(f"rank 0 failed: {name}: {message}")
