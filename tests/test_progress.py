@@ -66,8 +66,12 @@ def test_a_crosscoder_run_logs_one_line_per_30_seconds(
     from crossdiff.crosscoder.train import train
     from tests.crosscoder.conftest import planted, small_crosscoder
 
+    import torch
+
     log = TimedLog(clock)
     monkeypatch.setattr(sys, "stderr", log)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small tensors: one thread is fastest on the shared cores
 
     def batches() -> Iterator:
         for batch in planted(noise=0.05).batches(32, 60, seed=1):
@@ -75,7 +79,10 @@ def test_a_crosscoder_run_logs_one_line_per_30_seconds(
             yield batch
 
     start = clock.now
-    train(small_crosscoder(), batches(), TrainConfig(steps=60, warmup_steps=2, progress=True))
+    try:
+        train(small_crosscoder(), batches(), TrainConfig(steps=60, warmup_steps=2, progress=True))
+    finally:
+        torch.set_num_threads(threads)
     lines = [line for line in log.lines if "crosscoder" in line[1]]
     check_spacing(lines, clock.now - start)
     assert len(lines) >= 9  # it did write while running: 30, 60, ... 270 s and the end
