@@ -19,12 +19,14 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
     ``set_description`` included: they wait for the next line instead of forcing one) and its
     final state when it closes, so a bar that ran T seconds writes at most 1 + T/30 lines.
     """
+    from tqdm.auto import tqdm
+
     stream = kwargs.get("file") or sys.stderr
     isatty = getattr(stream, "isatty", None)
     if isatty is not None and isatty():
-        from tqdm.auto import tqdm
-
         return tqdm(iterable, **kwargs)
+    if any(base.__name__ == "tqdm_notebook" for base in tqdm.__mro__):
+        return tqdm(iterable, **kwargs)  # a Jupyter widget redraws in place: no log lines
     kwargs.setdefault("mininterval", LOG_REFRESH_SECONDS)
     kwargs.setdefault("maxinterval", LOG_REFRESH_SECONDS)
     return _log_bar_type()(iterable, **kwargs)

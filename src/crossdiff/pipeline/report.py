@@ -237,6 +237,7 @@ def explorer_inputs(run: Run, crosscoder, store):
 
     from crossdiff.adapters import load_adapter
     from crossdiff.corpus import load_sequences, load_tokenizer
+    from crossdiff.errors import CrossdiffError
     from crossdiff.report.explorer import ExpertView, ExplorerInputs
     from crossdiff.store import store_alignments
 
@@ -249,7 +250,10 @@ def explorer_inputs(run: Run, crosscoder, store):
     for name in crosscoder.cfg.models:
         if name not in paths:
             continue
-        adapter = load_adapter(paths[name], run.manager)
+        try:
+            adapter = load_adapter(paths[name], run.manager)
+        except (OSError, CrossdiffError):  # e.g. a hub model while offline: no logits, routing
+            continue
         site = adapter.site(store.sites[name][0])
         parameter = next(adapter.model.parameters())
         unembed = _unembedding(adapter, parameter.device, parameter.dtype)
