@@ -91,3 +91,11 @@ def _dataclass_in(hint: Any) -> type | None:
             if dataclasses.is_dataclass(arg):
                 return arg
     return None
+
+
+def compact_record(record: dict, defaults: dict) -> dict:
+    """``record`` without the keys of ``defaults`` that hold their default value: settings
+    added after the first runs stay out of a record (and a fingerprint) until they are used, so
+    an older run's record still matches."""
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    return {k: v for k, v in record.items() if k not in plain or v != plain[k]}

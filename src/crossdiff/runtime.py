@@ -47,6 +47,16 @@ def retain_freed_memory() -> bool:
     return bool(trimmed and mapped)
 
 
+def check_device_name(device: str, what: str) -> None:
+    """Raise a named error unless ``device`` is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    (``what`` names the setting, e.g. ``crosscoder device``)."""
+    kind, _, index = str(device).partition(":")
+    if device != "auto" and not (kind in ("cpu", "cuda") and (index == "" or index.isdigit())):
+        from crossdiff.errors import ConfigError
+
+        raise ConfigError(f"{what} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """The device to work on: ``auto`` is CUDA where present, else the CPU; a bare ``cuda``
     under ``torchrun`` is this process's own GPU (``cuda:LOCAL_RANK``)."""

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossdiff.config import to_dict
 from crossdiff.corpus.arrow import SplitWriter, read_batches, write_dataset_dict
 from crossdiff.corpus.config import CorpusConfig
 from crossdiff.corpus.packing import pack_rows, token_stream
@@ -168,7 +167,7 @@ def build_corpus(
     settings is refused (naming them) or, with ``overwrite``, rebuilt from scratch.
     """
     out_dir = Path(out_dir)
-    settings = to_dict(config)
+    settings = config.record()
     with stage_lock(out_dir):
         previous = prepare_stage(out_dir, STAGE, settings, overwrite)
         if previous is not None and previous.get("complete"):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from crossdiff.corpus.packing import check_context_length
 from crossdiff.errors import ConfigError
 
 DEFAULT_DOMAINS = ("code", "science", "stories")
+NEW_FIELDS = {"max_characters_per_domain": None}
+"""Settings added after the first corpora were built, with their defaults."""
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,10 @@ class CorpusConfig:
             raise ConfigError(
                 f"sources given for domains not in domains {list(self.domains)}: {sorted(extra)}"
             )
+
+    def record(self) -> dict[str, Any]:
+        """The settings as the corpus stage records them (fields added later left out while at
+        their default, so a corpus built before them is still up to date)."""
+        from crossdiff.config import compact_record, to_dict
+
+        return compact_record(to_dict(self), NEW_FIELDS)

@@ -159,9 +159,11 @@ records where they hold the default, so that an older run's settings still match
 
 
 def compact_record(record: dict, defaults: dict = NEW_FIELDS) -> dict:
-    """``record`` without the keys of ``defaults`` that hold their default value."""
-    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
-    return {k: v for k, v in record.items() if k not in plain or v != plain[k]}
+    """``record`` without the keys of ``defaults`` (the crosscoder's new fields unless given)
+    that hold their default value (:func:`crossdiff.config.compact_record`)."""
+    from crossdiff.config import compact_record as compact
+
+    return compact(record, defaults)
 
 
 @dataclass(frozen=True)

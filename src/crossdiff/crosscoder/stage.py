@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdiff.errors import ConfigError, DamagedFileError
+from crossdiff.runtime import check_device_name
 from crossdiff.tracking import TrackingConfig, open_tracker
 
 WEIGHTS_DIR = "crosscoder"
@@ -114,10 +115,7 @@ class CrosscoderStageConfig:
                 raise ConfigError(f"crosscoder {name} must be a finite number >= 0, got {value!r}")
         if self.dict_size is not None:
             self.check_dictionary(self.dict_size)
-        if not (self.device == "auto" or _is_device(self.device)):
-            raise ConfigError(
-                f"crosscoder device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}"
-            )
+        check_device_name(self.device, "crosscoder device")
 
     def resolved_dict_size(self, d_models: tuple[int, ...]) -> int:
         """Latents for models of widths ``d_models``: ``dict_size`` or ``expansion`` × widest."""
@@ -181,11 +179,6 @@ def _is_finite(value: Any) -> bool:
     import math
 
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_device(name: str) -> bool:
-    kind, _, index = name.partition(":")
-    return kind in ("cpu", "cuda") and (index == "" or index.isdigit())
 
 
 def train_crosscoder_stage(

@@ -14,6 +14,7 @@ from crossdiff.config import from_dict, load_toml
 from crossdiff.corpus import CorpusConfig
 from crossdiff.crosscoder.stage import CrosscoderStageConfig as CrosscoderSpec
 from crossdiff.errors import ConfigError, unknown_choice
+from crossdiff.runtime import check_device_name
 from crossdiff.tracking import TrackingConfig
 
 ARCHES = ("dense", "moe")
@@ -63,10 +64,14 @@ class HarvestSpec:
     """Sequences per shard (a multiple of batch_sequences)."""
     model_dtype: str = "fp32"
     """Precision the models run in while harvesting: fp32, bf16 or fp16."""
+    device: str = "auto"
+    """Where the models run while harvesting: ``auto`` (CUDA where present), ``cpu``,
+    ``cuda``, ``cuda:N``."""
 
     def __post_init__(self) -> None:
         if self.model_dtype not in MODEL_DTYPES:
             raise unknown_choice("harvest model_dtype", str(self.model_dtype), MODEL_DTYPES)
+        check_device_name(self.device, "harvest device")
         object.__setattr__(self, "sites", tuple(self.sites))
         if len(set(self.sites)) != len(self.sites):
             raise ConfigError(f"harvest sites must be distinct, got {list(self.sites)}")

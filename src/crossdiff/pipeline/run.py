@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossdiff.config import to_dict
-from crossdiff.crosscoder.config import compact_record
+from crossdiff.config import compact_record, to_dict
 from crossdiff.errors import ConfigError
-from crossdiff.pipeline.config import RunConfig
+from crossdiff.pipeline.config import HarvestSpec, RunConfig
 from crossdiff.plugins import CrossdiffPluginManager, create_plugin_manager
 from crossdiff.runtime import retain_freed_memory
 from crossdiff.stages import atomic_write_json, read_json_file, read_manifest
@@ -119,12 +118,20 @@ HARVEST_NEW_FIELDS = {"sites": (), "model_dtype": "fp32"}
 fingerprint while at them, so an older run's stages stay up to date)."""
 
 
+def harvest_settings(spec: HarvestSpec) -> dict[str, Any]:
+    """The harvest's fingerprinted settings: new fields only when used, and not the device
+    (where the models run does not change what the store holds beyond float rounding)."""
+    settings = compact_record(to_dict(spec), HARVEST_NEW_FIELDS)
+    settings.pop("device")
+    return settings
+
+
 def stage_settings(config: RunConfig, stage: str) -> dict[str, Any]:
     """The part of the config a stage depends on directly."""
     return {
-        "corpus": lambda: to_dict(config.corpus),
+        "corpus": lambda: config.corpus.record(),
         "models": lambda: to_dict(config.models),
-        "harvest": lambda: compact_record(to_dict(config.harvest), HARVEST_NEW_FIELDS),
+        "harvest": lambda: harvest_settings(config.harvest),
         "crosscoder": lambda: config.crosscoder.record(),
         "analyses": lambda: list(config.analyses),
         "report": lambda: {"name": config.name},

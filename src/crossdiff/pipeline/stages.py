@@ -65,7 +65,8 @@ def run_harvest(run: Run, log: Log) -> None:
 
     spec = run.config.harvest
     adapters = {
-        name: load_adapter(run.model_source(name), run.manager) for name in run.config.models
+        name: load_adapter(run.model_source(name), run.manager, spec.device)
+        for name in run.config.models
     }
     if spec.model_dtype != "fp32":
         from crossdiff.store.capture import cast_models
