@@ -16,7 +16,11 @@ MODELS = {"dense": ModelSpec(arch="dense"), "moe": ModelSpec(arch="moe")}
 NEW = {
     "corpus": {"max_characters_per_domain": 10_000},
     "harvest": {"sites": ("0.mlp_out", "1.mlp_out"), "model_dtype": "bf16"},
-    "crosscoder": {"n_dedicated": 8, "dedicated_encoder_own": True, "sites": ("0.mlp_out",)},
+    "crosscoder": {
+        "n_dedicated": 8,
+        "dedicated_encoder_own": True,
+        "sites": ("0.mlp_out", "1.mlp_out"),
+    },
 }
 """Fields each stage gained after runs existed, with a non-default value."""
 
