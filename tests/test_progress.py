@@ -62,11 +62,11 @@ def test_a_crosscoder_run_logs_one_line_per_30_seconds(
     clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """60 steps of 5 s, postfix every 10 steps (the quickstart's crosscoder bar): ≤ 11 lines."""
+    import torch
+
     from crossdiff.crosscoder import TrainConfig
     from crossdiff.crosscoder.train import train
     from tests.crosscoder.conftest import planted, small_crosscoder
-
-    import torch
 
     log = TimedLog(clock)
     monkeypatch.setattr(sys, "stderr", log)
