@@ -38,7 +38,9 @@ from crossdiff.crosscoder.train import (
     load_checkpoint,
     lr_at,
     make_optimizer,
+    record_step,
     save_checkpoint,
+    skip_nonfinite,
     to_device,
 )
 from crossdiff.errors import ConfigError
@@ -261,27 +263,13 @@ def train_sharded(
             break
         state.batches_consumed += 1
         batch = to_device(batch, device)
-        if not all(bool(torch.isfinite(x).all()) for x in batch.values()):
-            state.nan_batches += 1
-            if state.nan_batches > cfg.max_nan_batches:
-                raise TrainingError(
-                    f"{state.nan_batches} batches held NaN/inf (limit {cfg.max_nan_batches}); "
-                    "stopping without writing a checkpoint"
-                )
+        if skip_nonfinite(batch, state, cfg):
             continue
         if fresh:
             sharded.fit_input_scales_(batch)
             fresh = False
         stats = sharded_step(sharded, optimizer, batch, state, cfg)
-        result.history.append(stats)
-        if on_step is not None:
-            on_step(stats)
-        if bar is not None:
-            bar.update(1)
-            if stats.step % 10 == 0 or stats.step == cfg.steps:
-                bar.set_postfix(
-                    fve=f"{stats.fve:.3f}", l0=f"{stats.l0:.1f}", dead=f"{stats.dead_fraction:.3f}"
-                )
+        record_step(stats, result, cfg, bar, on_step)
         if out is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             _checkpoint(out, sharded, optimizer, model, state, cfg)
     if bar is not None:

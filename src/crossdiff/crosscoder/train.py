@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -392,27 +393,13 @@ def train(
             break
         state.batches_consumed += 1
         batch = to_device(batch, model.b_enc_L.device)
-        if not _is_finite(batch):
-            state.nan_batches += 1
-            if state.nan_batches > cfg.max_nan_batches:
-                raise TrainingError(
-                    f"{state.nan_batches} batches held NaN/inf (limit {cfg.max_nan_batches}); "
-                    "stopping without writing a checkpoint"
-                )
+        if skip_nonfinite(batch, state, cfg):
             continue
         if fresh:
             model.fit_input_scales_(batch)
             fresh = False
         stats = train_step(model, optimizer, batch, state, cfg, coll)
-        result.history.append(stats)
-        if on_step is not None:
-            on_step(stats)
-        if bar is not None:
-            bar.update(1)
-            if stats.step % 10 == 0 or stats.step == cfg.steps:
-                bar.set_postfix(
-                    fve=f"{stats.fve:.3f}", l0=f"{stats.l0:.1f}", dead=f"{stats.dead_fraction:.3f}"
-                )
+        record_step(stats, result, cfg, bar, on_step)
         if out is not None and cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
             _checkpoint(out, model, optimizer, state, cfg, coll)
     if bar is not None:
@@ -421,6 +408,39 @@ def train(
         _checkpoint(out, model, optimizer, state, cfg, coll)
     result.steps, result.nan_batches = state.step, state.nan_batches
     return result
+
+
+def skip_nonfinite(batch: Mapping[str, torch.Tensor], state: TrainState, cfg: TrainConfig) -> bool:
+    """True, and counted, if ``batch`` holds NaN or inf; past ``cfg.max_nan_batches`` such
+    batches training stops with a named error (before any checkpoint of the damage)."""
+    if _is_finite(batch):
+        return False
+    state.nan_batches += 1
+    if state.nan_batches > cfg.max_nan_batches:
+        raise TrainingError(
+            f"{state.nan_batches} batches held NaN/inf (limit {cfg.max_nan_batches}); "
+            "stopping without writing a checkpoint"
+        )
+    return True
+
+
+def record_step(
+    stats: StepStats,
+    result: TrainResult,
+    cfg: TrainConfig,
+    bar: Any,
+    on_step: Callable[[StepStats], None] | None,
+) -> None:
+    """After a step: keep its stats, call ``on_step``, advance the bar (live numbers every 10)."""
+    result.history.append(stats)
+    if on_step is not None:
+        on_step(stats)
+    if bar is not None:
+        bar.update(1)
+        if stats.step % 10 == 0 or stats.step == cfg.steps:
+            bar.set_postfix(
+                fve=f"{stats.fve:.3f}", l0=f"{stats.l0:.1f}", dead=f"{stats.dead_fraction:.3f}"
+            )
 
 
 def _checkpoint(
