@@ -28,9 +28,9 @@ import torch
 from crossdiff.analysis import AnalysisResult, RunContext
 from crossdiff.crosscoder import Crosscoder
 from crossdiff.crosscoder.classes import (
+    LatentScalingSums,
     class_table,
     latent_classes,
-    latent_decoder_norms,
     relative_decoder_norm,
     site_classes,
 )
@@ -112,33 +112,11 @@ def decoder_cosines(crosscoder: Crosscoder) -> torch.Tensor:
 def latent_scaling(crosscoder: Crosscoder, batches) -> torch.Tensor:
     """``[L, M]`` β_i^m in the normalised space (see the module docstring), from
     ``(activations, meta)`` batches."""
-    norms_LM = latent_decoder_norms(crosscoder)
-    W_dec_LC = crosscoder.decoder_weights().detach().double().cpu()
-    scales = crosscoder.input_scale_M.detach().double().cpu()
-    parts = torch.split(W_dec_LC, list(crosscoder.cfg.widths), dim=1)
-    units = [p / p.norm(dim=1, keepdim=True).clamp_min(1e-30) for p in parts]
-    inputs = crosscoder.cfg.inputs  # (key, model index, site, width): model m's sites in order
-    n_models = len(crosscoder.cfg.models)
-    numerator_LM = torch.zeros(crosscoder.cfg.dict_size, n_models, dtype=torch.float64)
-    denominator_L = torch.zeros(crosscoder.cfg.dict_size, dtype=torch.float64)
+    sums = LatentScalingSums(crosscoder)
     for acts, _ in batches:
         f_BL = crosscoder.encode(acts)
-        recon = crosscoder.decode(f_BL)
-        f_BL = f_BL.double().cpu()
-        f2_L = (f_BL**2).sum(0)
-        denominator_L += f2_L
-        for m in range(n_models):
-            residual_BD = torch.cat(
-                [
-                    (acts[key].double().cpu() - recon[key].double().cpu()) * scales[i]
-                    for i, (key, owner, _, _) in enumerate(inputs)
-                    if owner == m
-                ],
-                dim=1,
-            )
-            along_BL = residual_BD @ units[m].T
-            numerator_LM[:, m] += (f_BL * along_BL).sum(0) + f2_L * norms_LM[:, m]
-    return numerator_LM / denominator_L[:, None].clamp_min(1e-30)
+        sums.add(acts, crosscoder.decode(f_BL), f_BL)
+    return sums.beta()
 
 
 def scaling_summary(

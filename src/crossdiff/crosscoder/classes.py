@@ -119,3 +119,59 @@ def class_table(
         kind = EMERGENT if origin == FREE else BY_CONSTRUCTION
         table[kind][cls] = table[kind].get(cls, 0) + 1
     return table
+
+
+class LatentScalingSums:
+    """Running sums of latent scaling (Wang et al. 2025, in the normalised space): for latent i
+    and model m, β_i^m = Σ_t f_i(t)·⟨x̃_m(t) − x̂_m(t) + f_i(t)·d_i^m, u_i^m⟩ / Σ_t f_i(t)², with
+    u_i^m = d_i^m/‖d_i^m‖ and x̃ − x̂ the normalised residual over all of model m's sites: how much
+    of model m's activation the latent's direction explains beside the rest of the code.
+
+    One accumulator for every consumer (the ``feature_classes`` analysis, the report's
+    explorer); feed it each batch's latents and reconstruction with :meth:`add`."""
+
+    def __init__(self, crosscoder: Crosscoder) -> None:
+        self.crosscoder = crosscoder
+        self.norms_LM = latent_decoder_norms(crosscoder)
+        W_dec_LC = crosscoder.decoder_weights().detach().double().cpu()
+        parts = torch.split(W_dec_LC, list(crosscoder.cfg.widths), dim=1)
+        self.units = [p / p.norm(dim=1, keepdim=True).clamp_min(1e-30) for p in parts]
+        self.scales_I = crosscoder.input_scale_M.detach().double().cpu()
+        n_latents, n_models = crosscoder.cfg.dict_size, len(crosscoder.cfg.models)
+        self.numerator_LM = torch.zeros(n_latents, n_models, dtype=torch.float64)
+        self.denominator_L = torch.zeros(n_latents, dtype=torch.float64)
+
+    @torch.no_grad()
+    def add(
+        self,
+        acts: dict[str, torch.Tensor],
+        recon: dict[str, torch.Tensor],
+        f_BL: torch.Tensor,
+    ) -> None:
+        """Add a batch: its activations and reconstruction (input key -> ``[B, D]``, the
+        models' own units) and its inference latents ``f_BL``."""
+        f_BL = f_BL.double().cpu()
+        f2_L = (f_BL**2).sum(0)
+        self.denominator_L += f2_L
+        inputs = self.crosscoder.cfg.inputs  # (key, model index, site, width), model-major
+        for m in range(len(self.crosscoder.cfg.models)):
+            residual_BD = torch.cat(
+                [
+                    (acts[key].double().cpu() - recon[key].double().cpu()) * self.scales_I[i]
+                    for i, (key, owner, _, _) in enumerate(inputs)
+                    if owner == m
+                ],
+                dim=1,
+            )
+            along_BL = residual_BD @ self.units[m].T
+            self.numerator_LM[:, m] += (f_BL * along_BL).sum(0) + f2_L * self.norms_LM[:, m]
+
+    def beta(self) -> torch.Tensor:
+        """``[L, M]`` β_i^m so far (0 for a latent that never fired)."""
+        return self.numerator_LM / self.denominator_L[:, None].clamp_min(1e-30)
+
+    def scaled_ratio(self) -> torch.Tensor:
+        """``[L]`` ν = β^B / (β^A + β^B) of the first two models (β clamped at 0); NaN where a
+        latent never fired."""
+        beta = (self.numerator_LM[:, :2] / self.denominator_L[:, None]).clamp_min(0)
+        return beta[:, 1] / (beta[:, 0] + beta[:, 1])

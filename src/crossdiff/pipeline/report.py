@@ -254,7 +254,10 @@ def explorer_inputs(run: Run, crosscoder, store):
             adapter = load_adapter(paths[name], run.manager)
         except (OSError, CrossdiffError):  # e.g. a hub model while offline: no logits, routing
             continue
-        site = adapter.site(store.sites[name][0])
+        # the deepest crosscoded site (logit_directions reads the decoder there)
+        site = adapter.site(
+            crosscoder.cfg.sites[-1] if crosscoder.cfg.sites else store.sites[name][0]
+        )
         parameter = next(adapter.model.parameters())
         unembed = _unembedding(adapter, parameter.device, parameter.dtype)
         try:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from crossdiff.crosscoder import Crosscoder
-from crossdiff.crosscoder.classes import latent_classes, latent_decoder_norms
+from crossdiff.crosscoder.classes import LatentScalingSums, latent_classes, latent_decoder_norms
 from crossdiff.latents import iter_store_batches
 from crossdiff.progress import progress_bar
 from crossdiff.stages import atomic_write_text
@@ -88,8 +88,8 @@ class Tallies:
     hist_LH: torch.Tensor | None = None
     top_values_NL: torch.Tensor | None = None
     top_rows_NL: torch.Tensor | None = None
-    beta_num_LM: torch.Tensor | None = None
-    beta_den_L: torch.Tensor | None = None
+    scaling: LatentScalingSums | None = None
+    """Latent scaling's running sums (β, ν)."""
     expert_tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     """Model -> ``[E]`` tokens whose top-k holds each expert."""
     joint: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -116,12 +116,8 @@ def tally_latents(
         hist_LH=torch.zeros(n_latents, len(HIST_EDGES) - 1, dtype=torch.long),
         top_values_NL=torch.zeros(top_n, n_latents),
         top_rows_NL=torch.full((top_n, n_latents), -1, dtype=torch.long),
-        beta_num_LM=torch.zeros(n_latents, len(crosscoder.cfg.models), dtype=torch.float64),
-        beta_den_L=torch.zeros(n_latents, dtype=torch.float64),
+        scaling=LatentScalingSums(crosscoder),
     )
-    norms_LM = latent_decoder_norms(crosscoder)
-    scales_M = crosscoder.input_scale_M.detach().double().cpu()
-    units = [p / p.norm(dim=1, keepdim=True).clamp_min(1e-30) for p in _decoder_parts(crosscoder)]
     meta_parts: dict[str, list[torch.Tensor]] = {}
     batches = iter_store_batches(crosscoder, store, batch_size)
     for acts, meta in progress_bar(batches, desc="explorer: latents", unit=" batches"):
@@ -144,12 +140,7 @@ def tally_latents(
         rows = torch.cat([t.top_rows_NL, global_B[:, None].expand(len(f_BL), n_latents)])
         t.top_values_NL, order = values.topk(top_n, dim=0)
         t.top_rows_NL = rows.gather(0, order)
-        f2_L = (f_BL**2).sum(0)
-        t.beta_den_L += f2_L
-        for m, model in enumerate(crosscoder.cfg.models):
-            residual_BD = (acts[model].double() - recon[model].double().cpu()) * scales_M[m]
-            along_BL = residual_BD @ units[m].T
-            t.beta_num_LM[:, m] += (f_BL * along_BL).sum(0) + f2_L * norms_LM[:, m]
+        t.scaling.add(acts, recon, f_BL)
         for model, view in experts.items():
             member_BE = torch.zeros(len(f_BL), view.n_experts, dtype=torch.float64)
             chosen_BK = view.chosen(meta["sequences"], meta["positions"]).long()
@@ -164,16 +155,15 @@ def tally_latents(
     return t
 
 
-def _decoder_parts(crosscoder: Crosscoder) -> list[torch.Tensor]:
-    """Each model's ``[L, D_m]`` decoder rows, float64 on the CPU (normalised space)."""
+def logit_directions(crosscoder: Crosscoder) -> list[torch.Tensor]:
+    """Each model's ``[L, D_m]`` decoder rows at its deepest crosscoded site (its only one for a
+    single-site crosscoder), float64 on the CPU (normalised space): what the logit effects read."""
     W_dec_LC = crosscoder.decoder_weights().detach().double().cpu()
-    return list(torch.split(W_dec_LC, list(crosscoder.cfg.d_models), dim=1))
-
-
-def scaled_ratio(beta_num_LM: torch.Tensor, beta_den_L: torch.Tensor) -> torch.Tensor:
-    """``[L]`` ν = β^B / (β^A + β^B) (β clamped at 0); NaN where a latent never fired."""
-    beta = (beta_num_LM[:, :2] / beta_den_L[:, None]).clamp_min(0)
-    return beta[:, 1] / (beta[:, 0] + beta[:, 1])
+    blocks = torch.split(W_dec_LC, [width for *_, width in crosscoder.cfg.inputs], dim=1)
+    last: dict[int, torch.Tensor] = {}
+    for (_, owner, _, _), block in zip(crosscoder.cfg.inputs, blocks, strict=True):
+        last[owner] = block  # model-major order: the last block of a model is its deepest site
+    return [last[m] for m in range(len(crosscoder.cfg.models))]
 
 
 @torch.no_grad()
@@ -284,7 +274,7 @@ def build_explorer(
     classes = latent_classes(crosscoder)
     norms_LM = latent_decoder_norms(crosscoder)
     ratio_L = norms_LM[:, 1] / (norms_LM[:, 0] + norms_LM[:, 1]).clamp_min(1e-30)
-    nu_L = scaled_ratio(tallies.beta_num_LM, tallies.beta_den_L)
+    nu_L = tallies.scaling.scaled_ratio()
     density_L = tallies.fires_L.double() / max(tallies.tokens, 1)
     domains = list(store.domains)
     domain_density = {
@@ -393,7 +383,7 @@ def _logit_lists(
 ) -> dict[str, list[dict[str, list]]]:
     """Model -> per live latent ``{"promoted": [[token, effect]], "suppressed": [...]}``."""
     out: dict[str, list[dict[str, list]]] = {}
-    parts = _decoder_parts(crosscoder)
+    parts = logit_directions(crosscoder)
     index = torch.tensor(live, dtype=torch.long)
     for m, model in enumerate(crosscoder.cfg.models):
         unembed = inputs.unembeds.get(model)
