@@ -166,12 +166,16 @@ def crosscoder_settings(run: Run) -> dict[str, Any] | None:
     model = config.get("crosscoder", {})
     stage = config.get("stage", {})
     steps, batch = stage.get("steps"), config.get("batch_size", stage.get("batch_size"))
+    sites = config.get("sites") or {  # several sites per model: the same list for every model
+        name: ", ".join(model.get("sites", [])) for name in model.get("models", [])
+    }
     return {
-        "sites": config.get("sites", {}),
+        "sites": sites,
         "dict_size": model.get("dict_size"),
         "k": model.get("k"),
         "sparsity_coeff": model.get("sparsity_coeff"),
         "n_shared": model.get("n_shared"),
+        "n_dedicated": model.get("n_dedicated", []),
         "shared_sparsity_ratio": model.get("shared_sparsity_ratio"),
         "steps": steps,
         "batch_size": batch,

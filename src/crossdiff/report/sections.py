@@ -149,6 +149,10 @@ def compared(summary: dict[str, Any]) -> ReportSection:
             ["sparsity weight λ", lam],
             ["designated shared block (latents, tied decoder)", settings.get("n_shared")],
             ["λ of the shared block", lam * ratio if lam is not None and ratio else None],
+            [
+                "dedicated blocks (latents per model, zero decoder into the others)",
+                ", ".join(str(n) for n in settings.get("n_dedicated") or []) or "none",
+            ],
             ["training steps", settings.get("steps")],
             ["batch size (tokens)", settings.get("batch_size")],
             ["training tokens", settings.get("train_tokens")],
