@@ -35,5 +35,7 @@ def test_a_two_site_crosscoder_with_dedicated_blocks_runs_to_the_report(tmp_path
     assert set(fve) == per_input | {"pooled"} and all(0 < fve[key] <= 1 for key in per_input)
     live = sum(summary["analyses"]["feature_classes"]["counts"].values())
     assert summary["explorer"]["latents"] == live > 0
+    fewer = summary["claims"][0]  # the counts are set by the dedicated blocks, not the models
+    assert fewer["holds"] is None and "dedicated blocks" in fewer["statistic"]
     html = (report / "report.html").read_text()
     assert "dedicated blocks" in html and "0.mlp_out, 1.mlp_out" in html

@@ -69,14 +69,19 @@ def feature_claims(summary: dict[str, Any]) -> list[Claim]:
     claims = []
     a, b = counts.get(f"{dense}_only", 0), counts.get(f"{moe}_only", 0)
     p = float(binomtest(b, a + b, 0.5, alternative="less").pvalue) if a + b else 1.0
+    statistic, holds = f"ratio {_ratio(a, b)}, p = {p:.2g}", b < a and p < ALPHA
+    dedicated = summary.get("crosscoder", {}).get("settings", {}).get("n_dedicated") or []
+    if any(dedicated):  # the partition sets the exclusive counts, not the models
+        statistic = f"not testable: dedicated blocks of {dedicated} latents fix the counts"
+        holds = None
     claims.append(
         Claim(
             "seed paper",
             f"{moe} learns fewer exclusive latents than {dense} "
             f"(one-sided binomial test of the {a + b} exclusive latents, p < {ALPHA})",
             f"{b} {moe}-only vs {a} {dense}-only live latents",
-            f"ratio {_ratio(a, b)}, p = {p:.2g}",
-            b < a and p < ALPHA,
+            statistic,
+            holds,
         )
     )
     tests = summary.get("density", {}).get("tests", {})
