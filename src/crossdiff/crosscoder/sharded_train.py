@@ -42,6 +42,7 @@ from crossdiff.crosscoder.train import (
     save_checkpoint,
     skip_nonfinite,
     to_device,
+    update_threshold_,
 )
 from crossdiff.errors import ConfigError
 from crossdiff.progress import progress_bar
@@ -110,10 +111,7 @@ def sharded_step(
         state.tokens_since_fired += int(n_global)
         state.tokens_since_fired[fired] = 0
         n_dead = float(mesh.sum_(dead_l.sum().double().reshape(1), "latent"))
-        t = out.batch_threshold
-        if math.isfinite(t) and t > 0:
-            decay = min(cfg.threshold_decay, (1 + state.step) / (10 + state.step))
-            model.threshold.fill_(decay * float(model.threshold) + (1 - decay) * t)
+        update_threshold_(model.threshold, out.batch_threshold, state.step, cfg)
     state.step += 1
     return StepStats(
         step=state.step,

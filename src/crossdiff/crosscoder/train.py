@@ -278,11 +278,7 @@ def train_step(
         n_tokens = int(n_global)
         state.tokens_since_fired += n_tokens
         state.tokens_since_fired[fired] = 0
-        t = out.batch_threshold
-        if math.isfinite(t) and t > 0:
-            # early steps average over fewer batches: θ must not lag the fast-moving start
-            decay = min(cfg.threshold_decay, (1 + state.step) / (10 + state.step))
-            model.threshold.fill_(decay * float(model.threshold) + (1 - decay) * t)
+        update_threshold_(model.threshold, out.batch_threshold, state.step, cfg)
     state.step += 1
     return StepStats(
         step=state.step,
@@ -295,6 +291,14 @@ def train_step(
         lr=lr,
         k=k,
     )
+
+
+def update_threshold_(threshold: torch.Tensor, t: float, step: int, cfg: TrainConfig) -> None:
+    """θ ← EMA of the batch's smallest kept score ``t`` (skipped when there is none); early
+    steps average over fewer batches, so that θ does not lag the fast-moving start."""
+    if math.isfinite(t) and t > 0:
+        decay = min(cfg.threshold_decay, (1 + step) / (10 + step))
+        threshold.fill_(decay * float(threshold) + (1 - decay) * t)
 
 
 def make_optimizer(model: Crosscoder, cfg: TrainConfig) -> torch.optim.Adam:
