@@ -152,18 +152,17 @@ class CrosscoderConfig:
         """Latents neither designated shared nor dedicated."""
         return self.dict_size - self.n_shared - sum(self.n_dedicated)
 
+    def record(self) -> dict:
+        """The config as ``cfg.json`` and the stage's manifest record it: fields added later
+        left out while at their default, so a single-site pair's record is as before."""
+        from crossdiff.config import compact_record, to_dict
+
+        return compact_record(to_dict(self), NEW_FIELDS)
+
 
 NEW_FIELDS = {"n_dedicated": (), "dedicated_encoder_own": False, "sites": ()}
 """Fields added after the first crosscoders were saved, with their defaults: left out of
 records where they hold the default, so that an older run's settings still match."""
-
-
-def compact_record(record: dict, defaults: dict = NEW_FIELDS) -> dict:
-    """``record`` without the keys of ``defaults`` (the crosscoder's new fields unless given)
-    that hold their default value (:func:`crossdiff.config.compact_record`)."""
-    from crossdiff.config import compact_record as compact
-
-    return compact(record, defaults)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from crossdiff.checkpoints import load_tensors
-from crossdiff.config import from_dict, to_dict
-from crossdiff.crosscoder.config import CrosscoderConfig, compact_record
+from crossdiff.config import from_dict
+from crossdiff.crosscoder.config import CrosscoderConfig
 from crossdiff.crosscoder.sparse import (
     SparsePattern,
     dense_decode,
@@ -361,8 +361,7 @@ class Crosscoder(nn.Module):
         """Write ``cfg.json`` and ``model.safetensors`` into directory ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        record = compact_record(to_dict(self.cfg))  # a single-site pair's cfg.json as before
-        (path / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        (path / CONFIG_FILE).write_text(json.dumps(self.cfg.record(), indent=2) + "\n")
         tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
         save_file(tensors, str(path / WEIGHTS_FILE))
         return path

@@ -154,8 +154,7 @@ class CrosscoderStageConfig:
         """The settings as recorded (fields added later left out while at their default, so
         an older run's record still matches; ``latent_shards`` left out: how the dictionary is
         spread over processes does not change the result)."""
-        from crossdiff.config import to_dict
-        from crossdiff.crosscoder.config import compact_record
+        from crossdiff.config import compact_record, to_dict
 
         settings = compact_record(to_dict(self), STAGE_NEW_FIELDS)
         settings.pop("latent_shards")
@@ -221,7 +220,6 @@ def _train_stage(
 ) -> dict[str, Any]:
     from crossdiff.config import to_dict
     from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
-    from crossdiff.crosscoder.config import compact_record
     from crossdiff.crosscoder.distributed import Collectives, finish_distributed, init_distributed
     from crossdiff.crosscoder.evaluate import evaluate
     from crossdiff.crosscoder.train import train
@@ -282,7 +280,7 @@ def _train_stage(
     )
     record = {
         "stage": _settings(config),
-        "crosscoder": compact_record(to_dict(cfg)),
+        "crosscoder": cfg.record(),
         "train": to_dict(tcfg) | {"progress": None},
         "store": store_fingerprint(info),
         "heldout_store": store_fingerprint(heldout) if heldout else None,
