@@ -16,6 +16,7 @@
   const fmt = (v, digits) => {
     if (v === null || v === undefined) return "–";
     if (typeof v === "number") {
+      if (Number.isInteger(v)) return Math.abs(v) >= 1e5 ? v.toLocaleString("en") : String(v);  // ids exact
       if (Math.abs(v) >= 1e5) return v.toLocaleString("en");
       if (v !== 0 && Math.abs(v) < 1e-3) return v.toExponential((digits || 3) - 1);
       return Number(v.toPrecision(digits || 3)).toString();

@@ -81,7 +81,13 @@ figcaption { color: #444; font-size: .92em; max-width: 60em; }
 .note { color: #555; font-size: .92em; }
 #explorer-controls { display: flex; gap: 1em; align-items: center; flex-wrap: wrap;
   margin: .5em 0; }
-#latent-table { width: 100%; font-size: .85em; }
+#latent-table { width: 100%; font-size: .85em; table-layout: auto; }
+#latent-table th { white-space: normal; overflow-wrap: anywhere; }
+#latent-table td { padding: .2em .45em; }
+#latent-table td[data-col='top_tokens'] { overflow-wrap: anywhere; min-width: 8em; }
+.table-scroll { max-width: 100%; overflow-x: auto; }
+#latent-card { overflow-wrap: anywhere; }
+#latent-card svg.histogram { max-width: 100%; }
 #latent-table th { cursor: pointer; user-select: none; }
 #latent-table th.sorted-asc::after { content: " ▲"; }
 #latent-table th.sorted-desc::after { content: " ▼"; }
@@ -168,7 +174,7 @@ which the latent fires; lift = P(expert chosen | latent fires) / P(expert chosen
  <span id='row-count'></span>
  <button id='page-prev'>◀</button><span id='page-label'></span><button id='page-next'>▶</button>
 </div>
-<table id='latent-table'><thead></thead><tbody></tbody></table>
+<div class='table-scroll'><table id='latent-table'><thead></thead><tbody></tbody></table></div>
 <div id='latent-card' hidden></div>
 """
 
