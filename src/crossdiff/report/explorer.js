@@ -34,7 +34,7 @@
   const select = $("class-filter");
   for (const c of data.classes) select.insertAdjacentHTML("beforeend", `<option value="${esc(c)}">${esc(c)}</option>`);
   $("latent-table").tHead.innerHTML = "<tr>" + cols.map((c) =>
-    `<th data-key="${c}" class="${c === "top_tokens" || c === "class" || c === "expert" ? "" : "num"}">${esc(label(c))}</th>`).join("") + "</tr>";
+    `<th data-key="${c}" class="${c === "top_tokens" || c === "class" || c === "expert" ? "" : "num"}">${esc(label(c)).replace(/_/g, "_<wbr>")}</th>`).join("") + "</tr>";  // headings may wrap at _
 
   function filtered() {
     const needle = state.token.toLowerCase();

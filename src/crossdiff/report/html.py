@@ -82,9 +82,10 @@ figcaption { color: #444; font-size: .92em; max-width: 60em; }
 #explorer-controls { display: flex; gap: 1em; align-items: center; flex-wrap: wrap;
   margin: .5em 0; }
 #latent-table { width: 100%; font-size: .85em; table-layout: auto; }
-#latent-table th { white-space: normal; overflow-wrap: anywhere; }
-#latent-table td { padding: .2em .45em; }
-#latent-table td[data-col='top_tokens'] { overflow-wrap: anywhere; min-width: 8em; }
+#latent-table th { white-space: normal; }
+#latent-table td, #latent-table th { padding: .2em .45em; }
+#latent-table td[data-col='top_tokens'], #latent-table td[data-col='expert'] {
+  overflow-wrap: anywhere; } #latent-table td[data-col='top_tokens'] { min-width: 9em; }
 .table-scroll { max-width: 100%; overflow-x: auto; }
 #latent-card { overflow-wrap: anywhere; }
 #latent-card svg.histogram { max-width: 100%; }
