@@ -204,6 +204,11 @@ class HuggingFaceAdapter(ModelAdapter):
         self.require_moe(layer)
         return self._views[layer].top_k
 
+    def expert_parameters(self, layer: int) -> int:
+        """Parameters of the block's routed ``experts`` (fused or one module per expert)."""
+        self.require_moe(layer)
+        return sum(p.numel() for p in self._views[layer].mlp.experts.parameters())
+
     def _mlp(self, layer: int) -> Any:
         return getattr(submodule(self.traced, self.layout.layer(layer)), self.layout.mlp)
 

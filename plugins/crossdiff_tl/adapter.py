@@ -108,6 +108,11 @@ class TransformerLensAdapter(ModelAdapter):
         self.require_moe(layer)
         return self.model.blocks[layer].mlp.experts_per_token
 
+    def expert_parameters(self, layer: int) -> int:
+        """Parameters of the block's ``experts``."""
+        self.require_moe(layer)
+        return sum(p.numel() for p in self.model.blocks[layer].mlp.experts.parameters())
+
     def routing(
         self, tokens: torch.Tensor, layers: Sequence[int] | None = None
     ) -> dict[int, Routing]:

@@ -184,6 +184,12 @@ class ModelAdapter(ABC):
         self.require_moe(layer)
         raise NotImplementedError(f"{type(self).__name__} has no MoE view")
 
+    def expert_parameters(self, layer: int) -> int:
+        """Parameters of all ``E`` routed experts of MoE ``layer`` together (not the router,
+        not shared experts): what active-parameter counts leave (E − K)/E of out."""
+        self.require_moe(layer)
+        raise NotImplementedError(f"{type(self).__name__} has no MoE view")
+
     def require_moe(self, layer: int) -> None:
         """Raise a :class:`ConfigError` unless ``layer`` is an MoE layer."""
         if layer not in self.moe_layers():

@@ -28,9 +28,12 @@ class CrosscoderStageConfig:
     dict_size: int | None = None
     """Latents; None: ``expansion`` × the widest d_model."""
     k: float | None = None
-    """Mean active latents per token (BatchTopK); None: widest d_model / 8."""
-    n_shared: int = 0
-    """Designated shared latents (the tied block)."""
+    """Mean active latents per token (BatchTopK); None: 3/16 of the widest d_model (the
+    quickstart's 24 for d_model 128)."""
+    n_shared: int | None = None
+    """Designated shared latents (the tied block); None: 1/16 of the dictionary (the
+    quickstart's 128 of 2,048) when the models are equally wide, else 0 (a tied decoder
+    vector needs equal widths)."""
     n_dedicated: int = 0
     """Dedicated latents per model (decoder into the other models structurally zero)."""
     dedicated_encoder_own: bool = False
@@ -53,8 +56,9 @@ class CrosscoderStageConfig:
     """Optional k annealing: start at this k, reach ``k`` after ``k_anneal_steps``."""
     k_anneal_steps: int = 0
     """Steps of the linear k annealing."""
-    sparsity_coeff: float = 0.0
-    """λ of the extra penalty λ·Σ_i f_i·w_i·Σ_m ‖d_i^m‖ (0: BatchTopK alone)."""
+    sparsity_coeff: float = 0.3
+    """λ of the extra penalty λ·Σ_i f_i·w_i·Σ_m ‖d_i^m‖ (0: BatchTopK alone, and then no
+    model-exclusive latents form: the quickstart's 0.3 is the default)."""
     shared_sparsity_ratio: float = 0.15
     """w_i of the designated shared latents in that penalty (1 for the others)."""
     checkpoint_every: int = 500
@@ -99,6 +103,8 @@ class CrosscoderStageConfig:
             "n_shared", "n_dedicated", "k_anneal_steps", "checkpoint_every", "ce_sequences", "seed"
         ):  # fmt: skip
             value = getattr(self, name)
+            if name == "n_shared" and value is None:
+                continue
             if not _is_int(value) or value < 0:
                 raise ConfigError(f"crosscoder {name} must be an integer >= 0, got {value!r}")
         if self.dict_size is not None and (not _is_int(self.dict_size) or self.dict_size < 1):
@@ -122,11 +128,18 @@ class CrosscoderStageConfig:
         return self.dict_size or self.expansion * max(d_models)
 
     def resolved_k(self, d_models: tuple[int, ...]) -> float:
-        """Mean active latents per token: ``k`` or widest d_model / 8 (only when k is unset)."""
-        return self.k if self.k is not None else max(d_models) / 8
+        """Mean active latents per token: ``k``, or 3/16 of the widest d_model when unset."""
+        return self.k if self.k is not None else 3 * max(d_models) / 16
+
+    def resolved_n_shared(self, dict_size: int, d_models: tuple[int, ...]) -> int:
+        """Designated shared latents: ``n_shared``, or when unset dict_size // 16 for models of
+        equal width and 0 for models of different widths."""
+        if self.n_shared is not None:
+            return self.n_shared
+        return dict_size // 16 if len(set(d_models)) == 1 else 0
 
     def check_dictionary(self, dict_size: int, where: str = "") -> None:
-        """Raise unless k, k_start and n_shared fit a dictionary of ``dict_size`` latents."""
+        """Raise unless k, k_start and a given n_shared fit a dictionary of ``dict_size``."""
         for name in ("k", "k_start"):
             value = getattr(self, name)
             if value is not None and value >= dict_size:
@@ -134,18 +147,22 @@ class CrosscoderStageConfig:
                     f"crosscoder {name} = {value:g} must be below the dictionary size "
                     f"{dict_size}{where}"
                 )
-        if self.n_shared >= dict_size:
+        if self.n_shared is not None and self.n_shared >= dict_size:
             raise ConfigError(
                 f"crosscoder n_shared = {self.n_shared} must be below the dictionary size "
                 f"{dict_size}{where}"
             )
 
-    def check_partition(self, dict_size: int, n_models: int, where: str = "") -> None:
-        """Raise unless the designated and dedicated blocks fit a dictionary of ``dict_size``."""
-        used = self.n_shared + n_models * self.n_dedicated
+    def check_partition(
+        self, dict_size: int, n_models: int, where: str = "", n_shared: int | None = None
+    ) -> None:
+        """Raise unless the designated and dedicated blocks fit a dictionary of ``dict_size``
+        (``n_shared``: the resolved shared block, by default the given one or 0)."""
+        n_shared = n_shared if n_shared is not None else (self.n_shared or 0)
+        used = n_shared + n_models * self.n_dedicated
         if self.n_dedicated and used > dict_size:
             raise ConfigError(
-                f"the crosscoder partition n_shared {self.n_shared} + {n_models} models x "
+                f"the crosscoder partition n_shared {n_shared} + {n_models} models x "
                 f"n_dedicated {self.n_dedicated} = {used} latents is larger than the dictionary "
                 f"size {dict_size}{where}"
             )
@@ -158,11 +175,19 @@ class CrosscoderStageConfig:
 
         settings = compact_record(to_dict(self), STAGE_NEW_FIELDS)
         settings.pop("latent_shards")
+        for name, rule in UNSET_RULES.items():  # a changed rule changes the record
+            if settings[name] is None:
+                settings[name] = rule
         return settings
 
 
 STAGE_NEW_FIELDS = {"n_dedicated": 0, "dedicated_encoder_own": False, "sites": ()}
 """Stage fields added after the first runs, with their defaults."""
+
+UNSET_RULES = {"k": "3/16 of the widest d_model", "n_shared": "dict_size // 16 if equal widths"}
+"""How an unset ``k`` or ``n_shared`` is resolved, as the record names it: a run that left one
+unset under an earlier rule (k = d_model/8, n_shared = 0) has another record, so it is rerun
+rather than taken as up to date."""
 
 
 def _settings(config: CrosscoderStageConfig) -> dict[str, Any]:
@@ -252,13 +277,14 @@ def _train_stage(
     dict_size = config.resolved_dict_size(dims)
     where = f" ({config.expansion} x widest d_model {max(dims)})"
     config.check_dictionary(dict_size, where)
-    config.check_partition(dict_size, len(models), where)
+    n_shared = config.resolved_n_shared(dict_size, dims)
+    config.check_partition(dict_size, len(models), where, n_shared)
     cfg = CrosscoderConfig(
         models=models,
         d_models=dims,
         dict_size=dict_size,
         k=config.resolved_k(dims),
-        n_shared=config.n_shared,
+        n_shared=n_shared,
         n_dedicated=(config.n_dedicated,) * len(models) if config.n_dedicated else (),
         dedicated_encoder_own=config.dedicated_encoder_own,
         sites=config.sites,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from crossdiff.pipeline.run import Run
+from crossdiff.pipeline.stages import DESCRIPTION
 from crossdiff.report import write_report
 from crossdiff.stages import atomic_write_json, read_manifest
 
@@ -27,6 +28,10 @@ def build_summary(run: Run) -> dict[str, Any]:
                 summary["models"][name]["expert_usage_min_share"] = manifest[
                     "expert_usage_min_share"
                 ]
+        elif (run.model_dir(name) / DESCRIPTION).is_file():  # given by path, described
+            description = json.loads((run.model_dir(name) / DESCRIPTION).read_text())
+            keys = (*MODEL_KEYS, "architecture", "val_tokens", "path")
+            summary["models"][name] = {k: description[k] for k in keys if k in description}
         else:
             summary["models"][name] = {"path": spec.path}
     metrics_path = run.crosscoder_dir / "metrics.json"
@@ -40,6 +45,9 @@ def build_summary(run: Run) -> dict[str, Any]:
                 m: r["recovered"] for m, r in (metrics.get("ce_recovered") or {}).items()
             },
             "eval_window_tokens": metrics.get("eval_window_tokens"),
+            "ce_zero_ablation_increase": {
+                m: r["ce_zero"] - r["ce_clean"] for m, r in (metrics.get("ce_recovered") or {}).items()
+            },
         }
     for name in run.config.analyses:
         path = run.run_dir / "analyses" / name / "summary.json"

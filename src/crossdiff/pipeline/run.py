@@ -201,7 +201,8 @@ def check_run(run: Run) -> None:
             "dict_size" if crosscoder.dict_size else f"{crosscoder.expansion} x d_model {max(dims)}"
         )
         crosscoder.check_dictionary(size, f" ({how})")
-        crosscoder.check_partition(size, len(dims), f" ({how})")
+        n_shared = crosscoder.resolved_n_shared(size, dims)
+        crosscoder.check_partition(size, len(dims), f" ({how})", n_shared)
 
 
 def _check_local_path(name: str, path: str) -> None:

@@ -35,7 +35,13 @@ def run_models(run: Run, log: Log) -> None:
 
     for name, spec in run.config.models.items():
         if spec.path is not None:
-            log(f"  {name}: using {spec.path}")
+            description = describe_path_model(run, name)
+            losses = ", ".join(f"{d} {v:.2f}" for d, v in description["val_loss"].items())
+            log(
+                f"  {name}: using {spec.path} ({description['architecture']}; "
+                f"{description['active_params']:,} active of {description['total_params']:,} "
+                f"parameters; held-out loss {losses})"
+            )
             continue
         manifest = train_model_stage(
             run.corpus_dir, run.model_dir(name), spec.arch, spec.preset, spec.model, spec.train,
@@ -46,11 +52,35 @@ def run_models(run: Run, log: Log) -> None:
 
 
 def models_done(run: Run) -> bool:
-    """Every trained model's manifest says complete."""
+    """Every trained model's manifest says complete; every model given by path is described."""
     return all(
-        spec.path is not None or stage_complete(run.model_dir(name))
+        (run.model_dir(name) / DESCRIPTION).is_file()
+        if spec.path is not None
+        else stage_complete(run.model_dir(name))
         for name, spec in run.config.models.items()
     )
+
+
+DESCRIPTION = "description.json"
+"""``RUN/models/<name>/description.json``: architecture, parameters and held-out loss of a model
+given by path (``crossdiff.models.describe``), for the report."""
+
+
+def describe_path_model(run: Run, name: str) -> dict:
+    """Describe model ``name`` (given by path) on the corpus' held-out split; write it."""
+    from crossdiff.adapters import load_adapter
+    from crossdiff.corpus import load_sequences
+    from crossdiff.models.data import validation_sets
+    from crossdiff.models.describe import EVAL_SEQUENCES_PER_DOMAIN, describe_model
+    from crossdiff.stages import atomic_write_json
+
+    adapter = load_adapter(run.model_source(name), run.manager, run.config.harvest.device)
+    validation = load_sequences(run.corpus_dir)["validation"]
+    description = describe_model(adapter, validation_sets(validation, EVAL_SEQUENCES_PER_DOMAIN))
+    description["path"] = run.config.models[name].path
+    run.model_dir(name).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.model_dir(name) / DESCRIPTION, description)
+    return description
 
 
 # ---------------------------------------------------------------- harvest

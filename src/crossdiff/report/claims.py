@@ -64,10 +64,23 @@ def feature_claims(summary: dict[str, Any]) -> list[Claim]:
 
     dense, moe = _arch_names(summary)
     counts = summary.get("features", {}).get("counts", {})
-    if dense is None or moe is None or not counts:
+    if dense is None or moe is None:
         return []
     claims = []
     a, b = counts.get(f"{dense}_only", 0), counts.get(f"{moe}_only", 0)
+    if not a + b:  # nothing to compare: said, not left out
+        why = "not testable: no exclusive latents" if counts else "not testable: no classes"
+        return [
+            Claim("seed paper", text, "no exclusive latents", why, None)
+            for text in (
+                f"{moe} learns fewer exclusive latents than {dense} (one-sided binomial test "
+                f"of the exclusive latents, p < {ALPHA})",
+                f"{moe}-only latents fire more often than shared ones (two-sided Mann–Whitney "
+                f"U, p < {ALPHA}, rank-biserial > 0)",
+                f"{dense}-only latents fire less often than shared ones (two-sided "
+                f"Mann–Whitney U, p < {ALPHA}, rank-biserial < 0)",
+            )
+        ]
     p = float(binomtest(b, a + b, 0.5, alternative="less").pvalue) if a + b else 1.0
     statistic, holds = f"ratio {_ratio(a, b)}, p = {p:.2g}", b < a and p < ALPHA
     dedicated = summary.get("crosscoder", {}).get("settings", {}).get("n_dedicated") or []

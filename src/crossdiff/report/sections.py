@@ -3,6 +3,7 @@ latent classes, the MoE analyses as layer × domain grids, the other analyses, c
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Any
@@ -111,11 +112,12 @@ def compared(summary: dict[str, Any]) -> ReportSection:
     settings = summary.get("crosscoder", {}).get("settings", {})
     sites = settings.get("sites", {})
     rows: list[list[Any]] = [
-        ["architecture", *(models[n].get("arch") for n in names)],
+        ["architecture", *(_architecture(models[n]) for n in names)],
+        ["loaded from", *(models[n].get("path") or "trained in this run" for n in names)],
         ["crosscoded site", *(sites.get(n) for n in names)],
         ["active parameters", *(models[n].get("active_params") for n in names)],
         ["total parameters", *(models[n].get("total_params") for n in names)],
-        ["training tokens", *(models[n].get("tokens_seen") for n in names)],
+        ["training tokens", *(_training_tokens(models[n]) for n in names)],
     ]
     domains = sorted({d for n in names for d in models[n].get("val_loss", {})})
     for domain in domains:
@@ -167,6 +169,42 @@ def compared(summary: dict[str, Any]) -> ReportSection:
             )
         )
     return ReportSection("What was compared", blocks=blocks)
+
+
+def _architecture(model: dict[str, Any]) -> Any:
+    """``dense``/``moe``, with the class of a model given by path (``moe — Qwen2MoeFor…``)."""
+    arch, architecture = model.get("arch"), model.get("architecture")
+    return f"{arch} — {architecture}" if arch and architecture else arch
+
+
+def _training_tokens(model: dict[str, Any]) -> Any:
+    """Tokens the model trained on, or why they are not known."""
+    if model.get("tokens_seen") is None and model.get("path") and "arch" in model:
+        return "not recorded (given by path)"
+    return model.get("tokens_seen")
+
+
+def ce_comment(summary: dict[str, Any]) -> str:
+    """A note for CE recovered above 1 (the spliced run beat the model's own activations),
+    with the zero-ablation effect that the ratio divides by; empty when every value is ≤ 1."""
+    quality = summary.get("crosscoder", {})
+    above = {m: v for m, v in (quality.get("ce_recovered") or {}).items() if v and v > 1}
+    if not above:
+        return ""
+    gaps = quality.get("ce_zero_ablation_increase") or {}
+    parts = [
+        f"{m} {v:.3g}"
+        + (f" (zero-ablating the site adds only {gaps[m]:.3g} nats)" if m in gaps else "")
+        for m, v in above.items()
+    ]
+    return (
+        "CE recovered above 1 (" + "; ".join(parts) + ") means the spliced reconstruction gave a "
+        "lower loss than the model's own activations. It is not a better model: the ratio "
+        "divides by the loss increase of zero-ablating the site, and when that is small (an "
+        "untrained or randomly initialised model, a site that matters little) a small "
+        "difference in the spliced loss becomes a large ratio. Read it with that increase "
+        "beside it, and over more held-out sequences (crosscoder.ce_sequences)."
+    )
 
 
 # ---------------------------------------------------------------- training and quality
@@ -224,6 +262,9 @@ def training(run: Any, summary: dict[str, Any], figure_dir: Path) -> ReportSecti
                 table_id="crosscoder-quality",
             )
         )
+        comment = ce_comment(summary)
+        if comment:
+            blocks.append(f"<p class='note' id='ce-above-one'>{html.escape(comment)}</p>")
     text = (
         "The crosscoder's curve is drawn when its stage kept one (train_log.json, written since "
         "this report's version); its held-out quality is in the table."
