@@ -245,3 +245,22 @@ def test_a_rerun_with_other_crosscoder_settings_refuses_without_overwrite(
     with pytest.raises(SettingsChangedError, match=r"stage\.steps: 300 -> 200.*--overwrite"):
         run_pipeline(load_run_config(path), tiny_run / "out", log=lambda line: None)
     assert (tiny_run / "out" / "crosscoder" / "metrics.json").read_bytes() == before
+
+
+def test_run_until_a_stage_stops_after_it_and_a_later_run_goes_on(tmp_path: Path) -> None:
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text(TINY_RUN.replace("per_domain = 40", "per_domain = 8"))
+    out = tmp_path / "out"
+    assert main(["run", str(config_path), "--out", str(out), "--until", "corpus"]) == 0
+    assert json.loads((out / "pipeline.json").read_text()).keys() == {"corpus"}
+    assert (out / "corpus").is_dir() and not (out / "models").exists()
+    assert not (out / "report").exists()
+    with pytest.raises(SystemExit):  # argparse names the valid stages
+        main(["run", str(config_path), "--out", str(out), "--until", "harvests"])
+
+
+def test_run_pipeline_names_an_unknown_until_stage(tmp_path: Path) -> None:
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text(TINY_RUN)
+    with pytest.raises(ConfigError, match="'harvests'.*harvest"):
+        run_pipeline(load_run_config(config_path), tmp_path / "out", until="harvests")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from crossdiff.pipeline.run import STAGES
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register ``run``."""
@@ -28,6 +30,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "VALUE is a TOML value, or a plain string",
     )  # fmt: skip
     cmd.add_argument("--no-progress", action="store_true", help="no progress bars or step logs")
+    cmd.add_argument(
+        "--until", choices=STAGES, metavar="STAGE",
+        help=f"stop after this stage ({', '.join(STAGES)}); a later run goes on from there",
+    )  # fmt: skip
     cmd.set_defaults(handler=run)
 
 
@@ -36,7 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from crossdiff.pipeline import load_run_config, run_pipeline
 
     config = load_run_config(args.config, args.overrides)
-    run_pipeline(config, args.out, overwrite=args.overwrite, progress=not args.no_progress)
+    run_pipeline(
+        config, args.out, overwrite=args.overwrite, progress=not args.no_progress,
+        until=args.until,
+    )  # fmt: skip
+    if args.until and args.until != "report":
+        print(f"stopped after the {args.until} stage: {args.out}")
+        return 0
     print(f"summary: {args.out / 'report' / 'summary.json'}")
     print(f"report:  {args.out / 'report' / 'report.html'}")
     return 0

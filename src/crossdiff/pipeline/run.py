@@ -78,12 +78,18 @@ def run_pipeline(
     log: Callable[[str], None] = print,
     overwrite: bool = False,
     progress: bool = True,
+    until: str | None = None,
 ) -> dict[str, Any]:
     """Run (or finish) every stage of ``config`` in ``run_dir``; return ``summary.json``'s data.
 
     Every setting is checked before the first stage; a stage whose directory holds output of
-    other settings refuses (naming them) unless ``overwrite``.
+    other settings refuses (naming them) unless ``overwrite``. ``until`` names the last stage
+    to run (one of :data:`STAGES`); stopping before the report returns ``{}``.
     """
+    if until is not None and until not in STAGES:
+        from crossdiff.errors import unknown_choice
+
+        raise unknown_choice("stage", until, STAGES)
     from crossdiff.pipeline import stages
     from crossdiff.stages import named_write_errors
 
@@ -103,6 +109,8 @@ def run_pipeline(
         done = getattr(stages, f"{stage}_done")(run)
         if record.get(stage) == fingerprint and done:
             log(f"{label}: up to date, skipped")
+            if stage == until and stage != STAGES[-1]:
+                return {}
             continue
         started = time.perf_counter()
         log(f"{label}: running")
@@ -110,6 +118,8 @@ def run_pipeline(
         record[stage] = fingerprint
         atomic_write_json(record_path, record)
         log(f"{label}: done in {time.perf_counter() - started:.1f} s")
+        if stage == until and stage != STAGES[-1]:
+            return {}
     return json.loads((run.run_dir / "report" / "summary.json").read_text())
 
 
