@@ -54,3 +54,60 @@ def test_device_sharding_and_tracking_enter_no_fingerprint() -> None:
 def test_a_bad_harvest_device_is_named() -> None:
     with pytest.raises(ConfigError, match=r"harvest device must be .* got 'gpu0'"):
         HarvestSpec(device="gpu0")
+
+
+FINGERPRINTS = {
+    "examples/quickstart.toml": "c1170251b5edc5cb",
+    "examples/paper.toml": "825d30827e9d9ee6",
+    "examples/quickstart_layers.toml": "108183abec548c87",
+}
+"""The report stage's fingerprint (it chains every stage's) of each shipped config, as the code
+before the recipe defaults computed it: runs made then stay up to date."""
+
+
+@pytest.mark.parametrize("path", sorted(FINGERPRINTS))
+def test_the_shipped_configs_keep_their_fingerprints(path: str) -> None:
+    import json
+    from pathlib import Path
+
+    from crossdiff.pipeline import load_run_config
+    from crossdiff.pipeline.run import _hash
+
+    config = load_run_config(Path(__file__).resolve().parents[2] / path)
+    upstream = ""
+    for stage in STAGES:
+        upstream = _hash(upstream + json.dumps(stage_settings(config, stage), sort_keys=True))
+    assert upstream == FINGERPRINTS[path]
+
+
+def test_the_crosscoder_defaults_are_the_quickstart_recipe() -> None:
+    """Left unset, every crosscoder setting the quickstart gives resolves to its value there
+    (for its d_model 128), so ``crossdiff train-crosscoder`` alone trains the same crosscoder."""
+    from pathlib import Path
+
+    from crossdiff.config import load_toml
+    from crossdiff.crosscoder.stage import CrosscoderStageConfig
+
+    recipe = load_toml(Path(__file__).resolve().parents[2] / "examples/quickstart.toml")
+    defaults = CrosscoderStageConfig(progress=False)
+    dims = (128, 128)
+    size = defaults.resolved_dict_size(dims)
+    resolved = {
+        "k": defaults.resolved_k(dims),
+        "n_shared": defaults.resolved_n_shared(size, dims),
+    }
+    for name, value in recipe["crosscoder"].items():
+        assert resolved.get(name, getattr(defaults, name)) == value, name
+    assert defaults.sparsity_coeff > 0  # exclusive latents can form
+    assert defaults.resolved_n_shared(size, (128, 96)) == 0  # a tied block needs equal widths
+
+
+def test_an_unset_k_or_n_shared_records_its_rule() -> None:
+    """A run that left k or n_shared unset under the earlier rules (d_model/8, 0) does not match
+    a record made now, so it is rerun, not taken as up to date."""
+    from crossdiff.crosscoder.stage import UNSET_RULES, CrosscoderStageConfig
+
+    record = CrosscoderStageConfig().record()
+    assert record["k"] == UNSET_RULES["k"] and record["n_shared"] == UNSET_RULES["n_shared"]
+    given = CrosscoderStageConfig(k=24, n_shared=128).record()
+    assert (given["k"], given["n_shared"]) == (24, 128)
