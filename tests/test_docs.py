@@ -56,3 +56,13 @@ def test_the_documented_plugin_example_runs(tmp_path: Path) -> None:
     assert set(result.summary) == {"haiku", "stories"}
     assert result.summary["haiku"] > 1000
     assert (target / "characters.png").stat().st_size > 1000
+
+
+def test_pipeline_md_lists_every_default_as_the_code_has_it() -> None:
+    """docs/pipeline.md's table of defaults is the one read from the dataclasses, exactly."""
+    from crossdiff.pipeline.defaults import SECTIONS_END, SECTIONS_START, defaults_table
+
+    page = (ROOT / "docs" / "pipeline.md").read_text()
+    shown = page.split(SECTIONS_START, 1)[1].split(SECTIONS_END, 1)[0].strip()
+    assert shown == defaults_table()
+    assert "| `crosscoder.sparsity_coeff` | `0.3` |" in shown  # the recipe's λ, not 0
