@@ -65,6 +65,8 @@ def describe_model(adapter: ModelAdapter, sets: dict[str, np.ndarray]) -> dict[s
     """The report's fields of a model given by path: ``arch`` (``moe`` where the adapter sees
     MoE layers, else ``dense``, as for the in-repo models), ``architecture`` (its class),
     parameters, held-out loss per domain (``tokens_seen``, its training tokens, is not known)."""
+    from crossdiff.corpus.stats import unigram_entropy
+
     loss, tokens = heldout_loss(adapter, sets)
     return {
         "arch": "moe" if adapter.moe_layers() else "dense",
@@ -73,4 +75,8 @@ def describe_model(adapter: ModelAdapter, sets: dict[str, np.ndarray]) -> dict[s
         "tokens_seen": None,
         "val_loss": loss,
         "val_tokens": tokens,
+        "unigram_entropy": {
+            domain: unigram_entropy(np.asarray(rows)[:, 1:], adapter.vocab_size)
+            for domain, rows in sets.items()
+        },
     }

@@ -185,25 +185,31 @@ def _training_tokens(model: dict[str, Any]) -> Any:
 
 
 def ce_comment(summary: dict[str, Any]) -> str:
-    """A note for CE recovered above 1 (the spliced run beat the model's own activations),
-    with the zero-ablation effect that the ratio divides by; empty when every value is ≤ 1."""
+    """A note for CE recovered outside [0, 1] (above 1: the spliced run beat the model's own
+    activations; below 0: it did worse than zeroing the site), with the zero-ablation effect
+    that the ratio divides by; empty when every value is in [0, 1]."""
     quality = summary.get("crosscoder", {})
-    above = {m: v for m, v in (quality.get("ce_recovered") or {}).items() if v and v > 1}
-    if not above:
+    outside = {
+        m: v for m, v in (quality.get("ce_recovered") or {}).items()
+        if v is not None and not 0 <= v <= 1
+    }  # fmt: skip
+    if not outside:
         return ""
     gaps = quality.get("ce_zero_ablation_increase") or {}
     parts = [
         f"{m} {v:.3g}"
-        + (f" (zero-ablating the site adds only {gaps[m]:.3g} nats)" if m in gaps else "")
-        for m, v in above.items()
+        + (f" (zero-ablating the site changes the loss by {gaps[m]:+.2g} nats)" if m in gaps else "")
+        for m, v in outside.items()
     ]
     return (
-        "CE recovered above 1 (" + "; ".join(parts) + ") means the spliced reconstruction gave a "
-        "lower loss than the model's own activations. It is not a better model: the ratio "
-        "divides by the loss increase of zero-ablating the site, and when that is small (an "
-        "untrained or randomly initialised model, a site that matters little) a small "
-        "difference in the spliced loss becomes a large ratio. Read it with that increase "
-        "beside it, and over more held-out sequences (crosscoder.ce_sequences)."
+        "CE recovered outside [0, 1] (" + "; ".join(parts) + "). Above 1 the spliced "
+        "reconstruction gave a lower loss than the model's own activations, below 0 a higher "
+        "one than zeroing the site. Neither is a verdict on the crosscoder by itself: the ratio "
+        "divides by the loss increase of zero-ablating the site, and when that is small or "
+        "negative (an untrained or randomly initialised model, a site that matters little) a "
+        "small difference in the spliced loss becomes a large ratio, or a meaningless one. Read "
+        "it with that increase beside it, and over more held-out sequences "
+        "(crosscoder.ce_sequences)."
     )
 
 
@@ -264,7 +270,7 @@ def training(run: Any, summary: dict[str, Any], figure_dir: Path) -> ReportSecti
         )
         comment = ce_comment(summary)
         if comment:
-            blocks.append(f"<p class='note' id='ce-above-one'>{html.escape(comment)}</p>")
+            blocks.append(f"<p class='note' id='ce-outside'>{html.escape(comment)}</p>")
     text = (
         "The crosscoder's curve is drawn when its stage kept one (train_log.json, written since "
         "this report's version); its held-out quality is in the table."
