@@ -131,3 +131,51 @@ def test_overrides_set_typed_values_and_refuse_bad_forms(tmp_path: Path) -> None
         load_run_config(PAPER, ["crosscoder.stepz=1"])
     with pytest.raises(ConfigError, match="unknown harvest model_dtype 'fp8'"):
         load_run_config(PAPER, ["harvest.model_dtype=fp8"])
+
+
+def documented_offline_command() -> list[str]:
+    """The offline paper-recipe command of docs/scaling.md, as a list of arguments."""
+    import re
+    import shlex
+
+    page = (PAPER.parents[1] / "docs" / "scaling.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", page, flags=re.S)
+    (block,) = [b for b in blocks if "crossdiff run examples/paper.toml" in b and "--set" in b]
+    return shlex.split(block.replace("\\\n", " "))
+
+
+def test_the_documented_offline_command_replaces_every_hub_source() -> None:
+    recipe = load_toml(PAPER)
+    args = documented_offline_command()
+    sets = dict(a.split("=", 1) for a in args[args.index("--set") :] if a != "--set")
+    for domain, spec in recipe["corpus"]["sources"].items():
+        if spec.startswith("hf:") and not spec.startswith("hf:/"):
+            assert sets.get(f"corpus.sources.{domain}", "").startswith("hf:/"), domain
+    assert sets["corpus.tokenizer"].startswith("hf:/")
+    # one name for the local tokenizer, here and in paper.toml's own comment
+    assert sets["corpus.tokenizer"] in PAPER.read_text()
+
+
+@pytest.mark.slow
+def test_the_documented_offline_command_runs_as_written_on_local_stand_ins(
+    tmp_path: Path,
+) -> None:
+    args = documented_offline_command()
+    assert args[:3] == ["crossdiff", "run", "examples/paper.toml"]
+    local = [a.replace("/data/", f"{tmp_path}/data/") for a in args[1:]]
+    local[1] = str(PAPER)
+    local[local.index("--out") + 1] = str(tmp_path / "run")
+    all_texts = []
+    for value in local:
+        key, _, spec = value.partition("=")
+        if key.startswith("corpus.sources."):
+            domain = key.rsplit(".", 1)[1]
+            path, split, column = spec[len("hf:") :].split(":")
+            texts = _texts(domain, 30)
+            all_texts += texts
+            saved_dataset(Path(path), column, texts, split=split)
+    tokenizer = next(v for v in local if v.startswith("corpus.tokenizer="))
+    local_bpe_tokenizer(Path(tokenizer.split("=hf:", 1)[1]), all_texts)
+    assert main([*local, "--no-progress", *(f"--set={o}" for o in TINY)]) == 0
+    summary = json.loads((tmp_path / "run" / "report" / "summary.json").read_text())
+    assert summary["name"] == "paper (GPU)" and set(summary["models"]) == {"dense", "moe"}
