@@ -14,7 +14,7 @@ of planted features recovered with their own class, and the mean relative densit
 planted class (``crossdiff.crosscoder.groundtruth.score_classes``).
 
     .venv/bin/python benchmarks/bench_variants.py                 # the table in docs/crosscoder.md
-    .venv/bin/python benchmarks/bench_variants.py --seeds 1 --steps 300   # a quick look
+    .venv/bin/python benchmarks/bench_variants.py --quick   # one seed, 300 steps: a quick look
 """
 
 from __future__ import annotations
@@ -106,13 +106,24 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(finite) if finite else float("nan")
 
 
+QUICK = {"seeds": 1, "steps": 300}
+"""``--quick``: one seed and 300 steps, for a look in a few minutes (docs/crosscoder.md has its
+figures beside the full table's)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--steps", type=int, default=800, help="training steps (default 800)")
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"a quick look: {QUICK['seeds']} seed, {QUICK['steps']} steps (overrides both)",
+    )  # fmt: skip
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     args = parser.parse_args()
+    if args.quick:
+        args.seeds, args.steps = QUICK["seeds"], QUICK["steps"]
     torch.set_num_threads(1)
     start = time.perf_counter()
     columns = ["precision", "recall", "with_class", "density_err_shared", "density_err_excl"]

@@ -112,3 +112,45 @@ def test_the_script_and_the_cli_harvest_through_the_installed_plugin(installed) 
     finally:
         sys.path.remove(str(work / "site"))
         sys.modules.pop("crossdiff_tinymoe", None)
+
+
+def doc_commands_after(marker: str) -> list[str]:
+    """The commands of the first bash block after ``marker`` in docs/plugins.md (comments cut)."""
+    text = DOC.read_text().split(marker, 1)[1]
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_haiku_plugin_installs_from_the_page_and_its_commands_run(
+    tmp_path: Path,
+) -> None:
+    dist = tmp_path / "crossdiff-haiku"
+    dist.mkdir()
+    (dist / "pyproject.toml").write_text(doc_file("crossdiff-haiku/pyproject.toml"))
+    (dist / "crossdiff_haiku.py").write_text(doc_example("haiku-plugin"))
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(dist)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(target), "HF_HUB_OFFLINE": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    commands = doc_commands_after("Then, after `pip install ./crossdiff-haiku`")
+    assert [c.split()[:2] for c in commands] == [
+        ["crossdiff", "plugins"], ["crossdiff", "corpus"], ["crossdiff", "analyze"]
+    ]
+    outputs = []
+    for command in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "crossdiff", *shlex.split(command)[1:]],
+            cwd=tmp_path, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        outputs.append(result.stdout)
+    assert "haiku" in outputs[0] and "crossdiff-haiku==0.1.0" in outputs[0]
+    summary = json.loads(
+        (tmp_path / "run" / "analyses" / "characters_per_domain" / "summary.json").read_text()
+    )
+    assert {"haiku", "stories"} <= set(json.dumps(summary).replace('"', " ").split())
