@@ -28,8 +28,8 @@ def _site_list(value: str) -> tuple[str, ...]:
 STAGE_OPTIONS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
     ("expansion", int, "latents per largest d_model"),
     ("dict_size", int, "latents (overrides --expansion)"),
-    ("k", float, "active latents per token (default: d_model/8)"),
-    ("n_shared", int, "designated shared latents"),
+    ("k", float, "active latents per token (default: 3/16 of the widest d_model)"),
+    ("n_shared", int, "designated shared latents (default: dict size / 16, 0 if widths differ)"),
     ("n_dedicated", int, "dedicated latents per model (decoder into the others is zero)"),
     ("dedicated_encoder_own", _flag, "true: dedicated latents read their own model only"),
     ("sites", _site_list, "comma-separated sites of every model, in one crosscoder"),
