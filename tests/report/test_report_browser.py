@@ -71,6 +71,10 @@ def test_the_report_answers_in_chromium(report_run: Path) -> None:
 
         page.evaluate("document.getElementById('latent-explorer').scrollIntoView()")
         page.screenshot(path=str(ARTIFACTS / "report-table.png"))
+        overflow = page.evaluate(
+            "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        )
+        assert overflow <= 0  # nothing wider than the 1280-px window
 
         # filter to one class: only its rows, as many as summary.json counts
         page.select_option("#class-filter", "moe_only")
