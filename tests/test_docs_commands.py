@@ -86,7 +86,9 @@ def doc_commands(page: str) -> list[str]:
 
 def all_commands() -> list[tuple[str, str]]:
     """``(page, command)`` for every page under docs/ (the ordered pages first)."""
-    pages = list(PAGES) + sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.name not in PAGES)
+    pages = list(PAGES) + sorted(
+        p.name for p in (ROOT / "docs").glob("*.md") if p.name not in PAGES
+    )
     return [(page, command) for page in pages for command in doc_commands(page)]
 
 
@@ -103,9 +105,7 @@ def runnable(command: str) -> bool:
 def test_every_documented_command_is_run_or_says_why_not() -> None:
     commands = all_commands()
     assert len(commands) > 20  # the extraction finds the pages' commands
-    unhandled = [
-        (page, c) for page, c in commands if reason_not_run(c) is None and not runnable(c)
-    ]
+    unhandled = [(page, c) for page, c in commands if reason_not_run(c) is None and not runnable(c)]
     assert unhandled == []
     assert sum(reason_not_run(c) is None for _, c in commands) >= 6
 

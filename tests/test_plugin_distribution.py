@@ -139,7 +139,9 @@ def test_the_haiku_plugin_installs_from_the_page_and_its_commands_run(
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     commands = doc_commands_after("Then, after `pip install ./crossdiff-haiku`")
     assert [c.split()[:2] for c in commands] == [
-        ["crossdiff", "plugins"], ["crossdiff", "corpus"], ["crossdiff", "analyze"]
+        ["crossdiff", "plugins"],
+        ["crossdiff", "corpus"],
+        ["crossdiff", "analyze"],
     ]
     outputs = []
     for command in commands:

@@ -92,5 +92,5 @@ def test_add_sae_attaches_the_export_and_splices_like_crossdiff(tmp_path: Path) 
 
 
 def test_an_export_with_no_site_says_what_to_give(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="site='2.mlp_out'"):
+    with pytest.raises(ConfigError, match=r"site='2\.mlp_out'"):
         export_sae_lens(small_crosscoder(), "A", tmp_path)

@@ -262,5 +262,5 @@ def test_run_until_a_stage_stops_after_it_and_a_later_run_goes_on(tmp_path: Path
 def test_run_pipeline_names_an_unknown_until_stage(tmp_path: Path) -> None:
     config_path = tmp_path / "tiny.toml"
     config_path.write_text(TINY_RUN)
-    with pytest.raises(ConfigError, match="'harvests'.*harvest"):
+    with pytest.raises(ConfigError, match=r"'harvests'.*harvest"):
         run_pipeline(load_run_config(config_path), tmp_path / "out", until="harvests")

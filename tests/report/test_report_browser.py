@@ -128,8 +128,14 @@ def wide_explorer(n_latents: int = 2048) -> tuple[dict, dict]:
         )
         cards[latent] = {
             "latent": latent,
-            "contexts": [{"tokens": ["a", "b", tokens[0]], "values": [0.0, 0.5, 1.0], "peak": 2,
-                          "sequence": 0}],  # fmt: skip
+            "contexts": [
+                {
+                    "tokens": ["a", "b", tokens[0]],
+                    "values": [0.0, 0.5, 1.0],
+                    "peak": 2,
+                    "sequence": 0,
+                }
+            ],
             "histogram": [0] * 10 + [3, 5, 2] + [0] * 17,
             "domain_density": {d: 0.001 for d in domains},
             "logits": {},

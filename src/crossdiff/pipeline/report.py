@@ -46,7 +46,8 @@ def build_summary(run: Run) -> dict[str, Any]:
             },
             "eval_window_tokens": metrics.get("eval_window_tokens"),
             "ce_zero_ablation_increase": {
-                m: r["ce_zero"] - r["ce_clean"] for m, r in (metrics.get("ce_recovered") or {}).items()
+                m: r["ce_zero"] - r["ce_clean"]
+                for m, r in (metrics.get("ce_recovered") or {}).items()
             },
         }
     for name in run.config.analyses:

@@ -198,7 +198,11 @@ def ce_comment(summary: dict[str, Any]) -> str:
     gaps = quality.get("ce_zero_ablation_increase") or {}
     parts = [
         f"{m} {v:.3g}"
-        + (f" (zero-ablating the site changes the loss by {gaps[m]:+.2g} nats)" if m in gaps else "")
+        + (
+            f" (zero-ablating the site changes the loss by {gaps[m]:+.2g} nats)"
+            if m in gaps
+            else ""
+        )
         for m, v in outside.items()
     ]
     return (
