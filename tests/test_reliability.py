@@ -21,7 +21,7 @@ from crossdiff.cli import main
 from crossdiff.crosscoder.stage import CrosscoderStageConfig, train_crosscoder_stage
 from crossdiff.errors import ConfigError, SettingsChangedError, StageLockedError
 from crossdiff.pipeline import load_run_config, run_pipeline
-from crossdiff.stages import lock_path, stage_lock
+from crossdiff.stages import lock_path, read_manifest, stage_lock, write_manifest
 from crossdiff.store import StoreConfig, harvest
 from tests.pipeline.test_run import TINY_RUN
 from tests.store.store_helpers import make_sequences, pair
@@ -104,9 +104,9 @@ def test_an_interrupted_crosscoder_is_not_resumed_under_other_settings(
     out = tmp_path / "cc"
     config = CrosscoderStageConfig(expansion=4, steps=20, batch_size=60, progress=False)
     train_crosscoder_stage(store, out, config)
-    manifest = json.loads((out / "manifest.json").read_text())
-    manifest["complete"] = False  # as a kill after the last checkpoint leaves it
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    manifest = read_manifest(out)  # rewritten as a kill after the last checkpoint leaves it
+    write_manifest(out, manifest.pop("stage"), manifest.pop("config"),
+                   **{**manifest, "complete": False})  # fmt: skip
     with pytest.raises(SettingsChangedError, match=r"stage\.steps: 20 -> 40.*--overwrite"):
         train_crosscoder_stage(store, out, CrosscoderStageConfig(
             expansion=4, steps=40, batch_size=60, progress=False))  # fmt: skip
@@ -358,8 +358,9 @@ def test_harvest_resume_redoes_a_damaged_shard(how: str, tmp_path: Path) -> None
         data = bytearray(shard.read_bytes())
         data[-8:] = bytes(8)
         shard.write_bytes(bytes(data))
-        manifest = json.loads((damaged / "manifest.json").read_text())
-        (damaged / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+        manifest = read_manifest(damaged)  # as an interrupted harvest leaves it
+        write_manifest(damaged, manifest.pop("stage"), manifest.pop("config"),
+                       **{**manifest, "complete": False})  # fmt: skip
     with pytest.warns(UserWarning, match=r"shard-000003\.safetensors.*damaged"):
         harvest(pair(), ["0.mlp_out"], make_sequences(), damaged, config)
     assert files(damaged) == files(reference)  # redone byte for byte

@@ -37,7 +37,10 @@ class RunContext:
     run_dir: Path
 
     def stage_dir(self, stage: str) -> Path:
-        """The directory of a finished stage; :class:`StageError` if it is missing or unfinished."""
+        """The directory of a finished stage, its recorded files verified; :class:`StageError`
+        if it is missing or unfinished, :class:`DamagedFileError` naming a damaged file."""
+        from crossdiff.verify import verify_stage_files
+
         path = self.run_dir / stage
         manifest = read_manifest(path)
         if manifest is None or not manifest.get("complete"):
@@ -45,6 +48,7 @@ class RunContext:
                 f"stage {stage!r} has no finished output at {str(path)!r} "
                 "(its manifest.json is missing or incomplete): run that stage first"
             )
+        verify_stage_files(path, manifest)  # the weights it recorded, against their checksums
         return path
 
 

@@ -29,9 +29,9 @@ class CheckpointError(DamagedFileError):
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     """Write ``tensors`` (moved to the CPU, made contiguous) to the safetensors file ``path``."""
-    from safetensors.torch import save_file
+    from crossdiff.stages import save_safetensors
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    save_safetensors(path, {k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:

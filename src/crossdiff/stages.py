@@ -93,6 +93,28 @@ def _write_text(path: Path, text: str) -> None:
         raise
 
 
+def save_safetensors(
+    path: str | Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``tensors`` to the safetensors file ``path`` through a temporary name and a rename
+    (never half-written), with the mode a plain write gets under the umask (safetensors' own
+    writer leaves 0600)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with named_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+            os.chmod(tmp, 0o666 & ~current_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented, key-sorted JSON, atomically."""
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -141,17 +163,40 @@ def read_json_file(path: str | Path, what: str = "manifest") -> dict[str, Any] |
     return data
 
 
+CHECKSUM = "checksum"
+"""The manifest field holding the SHA-256 of the rest of the manifest, taken when written."""
+
+
 def read_manifest(stage_dir: str | Path) -> dict[str, Any] | None:
-    """The stage's manifest, or None if it has none; a damaged one raises, naming the file."""
-    return read_json_file(Path(stage_dir) / MANIFEST)
+    """The stage's manifest, or None if it has none; a damaged one (not a JSON object, or
+    whose content differs from the checksum it recorded when written) raises, naming the file.
+    The returned manifest holds no ``checksum`` field."""
+    from crossdiff.verify import json_checksum
+
+    path = Path(stage_dir) / MANIFEST
+    manifest = read_json_file(path)
+    if manifest is None or CHECKSUM not in manifest:  # none, or written before checksums
+        return manifest
+    recorded = manifest.pop(CHECKSUM)
+    if json_checksum(manifest) != recorded:
+        raise DamagedFileError(
+            f"manifest {str(path)!r} is damaged (its content differs from the checksum it "
+            f"recorded when written); delete its directory or {OVERWRITE_HINT}"
+        )
+    return manifest
 
 
 def write_manifest(
     stage_dir: str | Path, stage: str, config: dict[str, Any], **fields: Any
 ) -> None:
-    """Write the stage manifest (config, crossdiff version, results), atomically."""
+    """Write the stage manifest (config, crossdiff version, results) with a checksum of its
+    content, atomically."""
+    from crossdiff.verify import json_checksum
+
+    fields.pop(CHECKSUM, None)
     manifest = {"stage": stage, "crossdiff_version": __version__, "config": config, **fields}
-    atomic_write_json(Path(stage_dir) / MANIFEST, manifest)
+    manifest = json.loads(json.dumps(manifest))  # as it will read back (tuples as lists, ...)
+    atomic_write_json(Path(stage_dir) / MANIFEST, {**manifest, CHECKSUM: json_checksum(manifest)})
 
 
 def is_complete(stage_dir: str | Path, config: dict[str, Any]) -> bool:
@@ -258,6 +303,9 @@ def require_stage(stage_dir: str | Path, stage: str, command: str) -> dict[str, 
         raise StageError(
             f"the {stage} stage at {str(stage_dir)!r} is unfinished: rerun `{command}` to finish it"
         )
+    from crossdiff.verify import verify_stage_files
+
+    verify_stage_files(stage_dir, manifest)
     return manifest
 
 

@@ -86,6 +86,8 @@ def test_run_writes_the_documented_summary_keys(tiny_run: Path) -> None:
     html = (tiny_run / "out" / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "assets/circuitsvis.js" in html
     assert (tiny_run / "out" / "report" / "assets" / "circuitsvis.js").is_file()
+    assert summary["warnings"] == []  # every input of the report was read
+    assert json.loads((tiny_run / "out" / "report" / "manifest.json").read_text())["complete"]
 
 
 @pytest.mark.slow
@@ -264,3 +266,37 @@ def test_run_pipeline_names_an_unknown_until_stage(tmp_path: Path) -> None:
     config_path.write_text(TINY_RUN)
     with pytest.raises(ConfigError, match=r"'harvests'.*harvest"):
         run_pipeline(load_run_config(config_path), tmp_path / "out", until="harvests")
+
+
+@pytest.mark.slow
+def test_altered_bytes_in_a_finished_run_are_named_not_used(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Issue 25: altered shard bytes (header intact) used to leave every stage "up to date"."""
+    import shutil
+
+    from crossdiff.verify import forget_verified
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "out", run)
+    shard = run / "activations" / "validation" / "shards" / "shard-000000.safetensors"
+    intact = shard.read_bytes()
+    data = bytearray(intact)
+    data[-8:] = bytes(b ^ 0xFF for b in data[-8:])
+    shard.write_bytes(bytes(data))
+    forget_verified()
+    capsys.readouterr()
+    assert main(["analyze", "density", "--run", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert str(shard) in err and "checksum differs" in err and err.count("\n") == 1, err
+    lines: list[str] = []
+    with pytest.warns(UserWarning, match=r"shard-000000\.safetensors.*damaged"):
+        run_pipeline(load_run_config(tiny_run / "tiny.toml"), run, log=lines.append)
+    assert "[3/6] harvest: running" in lines, lines  # not "up to date": it redid the shard
+    assert shard.read_bytes() == intact
+    weights = run / "models" / "dense" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-16] + bytes(16))
+    forget_verified()
+    assert main(["run", str(tiny_run / "tiny.toml"), "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(weights) in err and "checksum differs" in err and "--overwrite" in err, err

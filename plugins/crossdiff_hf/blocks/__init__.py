@@ -27,8 +27,33 @@ def looks_like_moe(mlp: torch.nn.Module) -> bool:
     return any(isinstance(getattr(mlp, name, None), torch.nn.Module) for name in MOE_MARKERS)
 
 
+def zero_computation_experts(mlp: torch.nn.Module) -> int:
+    """How many of ``mlp``'s routed choices are identity ("zero-computation") experts (e.g.
+    LongcatFlash's ``zero_expert_num``): an ``experts`` child with such a count or an
+    ``nn.Identity`` inside it. 0 for an ordinary MoE block or a dense MLP."""
+    experts = getattr(mlp, "experts", None)
+    if not isinstance(experts, torch.nn.Module):
+        return 0
+    declared = getattr(experts, "zero_expert_num", 0)
+    if isinstance(declared, int) and declared > 0:
+        return declared
+    return sum(isinstance(m, torch.nn.Identity) for m in experts.modules())
+
+
 def find_view(mlp: torch.nn.Module, path: str = "mlp") -> MoEBlockView | None:
-    """The view that reads ``mlp`` (at module ``path``), None if it is dense; raise otherwise."""
+    """The view that reads ``mlp`` (at module ``path``), None if it is dense; raise otherwise.
+
+    A block routing some tokens to identity ("zero-computation") experts is refused by name:
+    the views count every routed choice as a computed expert, which those are not."""
+    identity = zero_computation_experts(mlp)
+    if identity:
+        raise ConfigError(
+            f"{path} is a {type(mlp).__name__} whose router also chooses {identity} "
+            "zero-computation (identity) expert(s), which pass a token through unchanged; "
+            "crossdiff's MoE views count every routed choice as a computed expert (routing "
+            "shares, per-expert outputs, early decoding), so this family (e.g. LongcatFlash) is "
+            f"not supported: add a view that names the identity experts ({PLUGIN_DOCS})"
+        )
     for view in VIEWS:
         if view.matches(mlp):
             return view(mlp, path)
@@ -43,4 +68,4 @@ def find_view(mlp: torch.nn.Module, path: str = "mlp") -> MoEBlockView | None:
     return None
 
 
-__all__ = ["VIEWS", "MoEBlockView", "find_view", "looks_like_moe"]
+__all__ = ["VIEWS", "MoEBlockView", "find_view", "looks_like_moe", "zero_computation_experts"]

@@ -41,17 +41,38 @@ class CorpusSource:
                 yield document
 
 
-def local_files_source(domain: str, paths: Sequence[str | Path]) -> CorpusSource:
+LOCAL_OPTIONS = ("encoding", "errors")
+"""Options of a local-files spec after ``?``: the text encoding (default utf-8) and what to do
+with bytes it cannot decode (default ``strict``: an error naming the file and byte offset)."""
+DECODE_ERRORS = ("strict", "replace", "ignore", "backslashreplace", "surrogateescape")
+
+
+def local_files_source(
+    domain: str, paths: Sequence[str | Path], encoding: str = "utf-8", errors: str = "strict"
+) -> CorpusSource:
     """A source reading local files: each text file is a document; ``.jsonl`` lines with a
-    ``text`` field are one document each; ``.gz`` files are decompressed; directories recurse."""
+    ``text`` field are one document each; ``.gz`` files are decompressed; directories recurse.
+
+    Text is decoded with ``encoding``; with ``errors="strict"`` (the default) a byte that does
+    not decode is a :class:`ConfigError` naming the file and its byte offset, never a silent
+    replacement character."""
+    import codecs
+
     files = _expand(domain, paths)
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConfigError(f"domain {domain!r}: unknown text encoding {encoding!r}") from None
+    if errors not in DECODE_ERRORS:
+        raise unknown_choice(f"errors setting of domain {domain!r}", errors, DECODE_ERRORS)
 
     def load() -> Iterator[Document]:
         for path in files:
-            yield from _read_file(path)
+            yield from _read_file(path, encoding, errors)
 
     shown = ", ".join(str(p) for p in paths)
-    return CorpusSource(domain, f"local files: {shown}", load)
+    how = "" if (encoding, errors) == ("utf-8", "strict") else f" ({encoding}, errors={errors})"
+    return CorpusSource(domain, f"local files: {shown}{how}", load)
 
 
 HF_OPTIONS = ("config", "data_dir")
@@ -145,19 +166,21 @@ def parse_source_spec(domain: str, spec: str) -> CorpusSource:
                 f"domain {domain!r}: source {spec!r} is not of the form "
                 "hf:NAME[:SPLIT[:COLUMN]][?config=C&data_dir=D]"
             )
-        options = _hf_options(domain, spec, query)
+        options = _options(domain, spec, query, HF_OPTIONS)
         return hf_dataset_source(domain, *parts, **options)
-    return local_files_source(domain, [p for p in spec.split(",") if p])
+    body, _, query = spec.partition("?")
+    options = _options(domain, spec, query, LOCAL_OPTIONS)
+    return local_files_source(domain, [p for p in body.split(",") if p], **options)
 
 
-def _hf_options(domain: str, spec: str, query: str) -> dict[str, str]:
+def _options(domain: str, spec: str, query: str, known: tuple[str, ...]) -> dict[str, str]:
     options: dict[str, str] = {}
     for item in (part for part in query.split("&") if part):
         key, sep, value = item.partition("=")
         if not sep or not value:
             raise ConfigError(f"domain {domain!r}: option {item!r} of {spec!r} is not KEY=VALUE")
-        if key not in HF_OPTIONS:
-            raise unknown_choice(f"option of source {spec!r}", key, HF_OPTIONS)
+        if key not in known:
+            raise unknown_choice(f"option of source {spec!r}", key, known)
         options[key] = value
     return options
 
@@ -183,12 +206,30 @@ def _expand(domain: str, paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _read_file(path: Path) -> Iterator[Document]:
+def _read_file(path: Path, encoding: str = "utf-8", errors: str = "strict") -> Iterator[Document]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+    with opener(path, "rb") as handle:
         if path.name.endswith((".jsonl", ".jsonl.gz")):
+            offset = 0
             for number, line in enumerate(handle):
-                if line.strip():
-                    yield Document(f"{path}:{number}", json.loads(line).get("text", ""))
+                text = _decode(line, path, offset, encoding, errors)
+                offset += len(line)
+                if text.strip():
+                    yield Document(f"{path}:{number}", json.loads(text).get("text", ""))
         else:
-            yield Document(str(path), handle.read())
+            yield Document(str(path), _decode(handle.read(), path, 0, encoding, errors))
+
+
+def _decode(data: bytes, path: Path, offset: int, encoding: str, errors: str) -> str:
+    """``data`` (which starts at byte ``offset`` of ``path``) decoded; an undecodable byte under
+    ``errors="strict"`` is a one-line error naming the file and the byte's offset."""
+    try:
+        return data.decode(encoding, errors)
+    except UnicodeDecodeError as error:
+        where = "of the decompressed text " if path.suffix == ".gz" else ""
+        raise ConfigError(
+            f"{str(path)!r} is not valid {encoding}: byte 0x{data[error.start]:02x} at byte "
+            f"offset {offset + error.start} {where}does not decode ({error.reason}); convert the "
+            f"file, or name its encoding in the source spec, e.g. '{path}?encoding=latin-1' "
+            "(or '?errors=replace' to replace undecodable bytes with U+FFFD)"
+        ) from None

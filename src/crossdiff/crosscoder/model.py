@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from crossdiff.checkpoints import load_tensors
@@ -23,6 +22,7 @@ from crossdiff.crosscoder.sparse import (
     sparse_decode,
 )
 from crossdiff.errors import ConfigError
+from crossdiff.stages import save_safetensors
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -363,7 +363,7 @@ class Crosscoder(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         (path / CONFIG_FILE).write_text(json.dumps(self.cfg.record(), indent=2) + "\n")
         tensors = {name: t.detach().contiguous().cpu() for name, t in self.state_dict().items()}
-        save_file(tensors, str(path / WEIGHTS_FILE))
+        save_safetensors(path / WEIGHTS_FILE, tensors)  # atomic, with the umask's mode
         return path
 
     @classmethod

@@ -258,6 +258,7 @@ def _train_stage(
         write_manifest,
     )
     from crossdiff.store import StoreReader, open_store, store_fingerprint
+    from crossdiff.verify import file_records
 
     info = open_store(store_dir)
     if config.sites:
@@ -348,7 +349,7 @@ def _train_stage(
         ) as tracker,
         named_checkpoint_errors(out / "checkpoint", ("load_checkpoint",)),
     ):
-        on_step = lambda s: tracker.log(step_metrics(s), s.step)  # noqa: E731
+        on_step = _logging_steps(out, tcfg.checkpoint_every, tracker)
         if config.latent_shards > 1:  # each process keeps its slice on the device
             from crossdiff.crosscoder.sharded_train import train_sharded
 
@@ -380,7 +381,8 @@ def _train_stage(
             model, eval_info, sites, eval_shards or all_shards, config.ce_sequences
         )
     atomic_write_json(out / "metrics.json", metrics)
-    write_manifest(out, "crosscoder", record, complete=True)
+    weights = [f"{WEIGHTS_DIR}/{name}" for name in ("cfg.json", "model.safetensors")]
+    write_manifest(out, "crosscoder", record, complete=True, files=file_records(out, weights))
     return metrics
 
 
@@ -388,6 +390,23 @@ def step_metrics(stats: Any) -> dict[str, float]:
     """One training step's numbers (a ``StepStats``) as a tracker receives them."""
     names = ("loss", "mse", "aux", "fve", "l0", "dead_fraction", "lr", "k")
     return {f"crosscoder/{name}": getattr(stats, name) for name in names}
+
+
+def _logging_steps(out: Path, every: int, tracker: Any) -> Any:
+    """The per-step callback: send the step to the tracker and, at each checkpoint step (before
+    that checkpoint is written), save the curve so far, so a resumed run keeps every step."""
+    from crossdiff.stages import is_main_process
+
+    steps: list = []
+    main = is_main_process()
+
+    def on_step(stats: Any) -> None:
+        tracker.log(step_metrics(stats), stats.step)
+        steps.append(stats)
+        if main and every and stats.step % every == 0:
+            write_train_log(out / TRAIN_LOG, steps)
+
+    return on_step
 
 
 TRAIN_LOG = "train_log.json"

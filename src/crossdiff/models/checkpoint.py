@@ -30,13 +30,13 @@ STATE_FILE = "trainer_state.json"
 
 def save_weights(directory: str | Path, model: HookedTransformer, config: ModelConfig) -> None:
     """Write ``cfg.json`` (the :class:`ModelConfig`) and ``model.safetensors`` (parameters)."""
-    from safetensors.torch import save_file
+    from crossdiff.stages import save_safetensors
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write_json(directory / CONFIG_FILE, {"model": to_dict(config)})
     tensors = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters()}
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_safetensors(directory / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
 
 
 def read_model_config(directory: str | Path) -> ModelConfig:

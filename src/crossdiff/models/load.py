@@ -23,8 +23,11 @@ def load_model(
     in eval mode, with the tokenizer it was trained with (also set on the model, so
     ``model.to_tokens`` and ``model.generate`` work)."""
     from crossdiff.corpus import load_tokenizer
+    from crossdiff.stages import read_manifest
+    from crossdiff.verify import verify_stage_files
 
     path = Path(path)
+    verify_stage_files(path, read_manifest(path))  # weights and cfg.json, as written
     config = read_model_config(path)
     model = build_model(config, device)
     load_weights_(model, path)

@@ -150,10 +150,11 @@ def _train_and_record(
 ) -> dict[str, Any]:
     """Train in this process (one rank of possibly several) and, on rank 0, write the stage."""
     from crossdiff.corpus.build import corpus_fingerprint
-    from crossdiff.models.checkpoint import save_weights
+    from crossdiff.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE, save_weights
     from crossdiff.models.ddp import barrier
     from crossdiff.models.load import TOKENIZER_DIR
     from crossdiff.models.train import train
+    from crossdiff.verify import file_records
 
     out_dir = Path(out_dir)
     model_config, train_config, tokenizer, sequences = configs_for_corpus(
@@ -227,6 +228,7 @@ def _train_and_record(
         fields["expert_usage"] = evaluation.expert_usage
         fields["expert_usage_min_share"] = evaluation.min_expert_share()
         fields["expert_usage_floor"] = 1 / (4 * model_config.num_experts)
+    fields["files"] = file_records(out_dir, [CONFIG_FILE, WEIGHTS_FILE])  # verified when read
     write_manifest(out_dir, STAGE, settings, **fields)
     return read_manifest(out_dir)
 

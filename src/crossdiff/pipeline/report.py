@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from crossdiff.pipeline.run import Run
 from crossdiff.pipeline.stages import DESCRIPTION
 from crossdiff.report import write_report
+from crossdiff.report.inputs import read_input
 from crossdiff.stages import atomic_write_json, read_manifest
 
 MODEL_KEYS = ("arch", "active_params", "total_params", "tokens_seen", "val_loss", "unigram_entropy")
 
 
-def build_summary(run: Run) -> dict[str, Any]:
-    """The run's results in one JSON document (see docs/results-schema.md)."""
+def _manifest(directory: Path, what: str, warnings: list[str]) -> dict[str, Any] | None:
+    from crossdiff.errors import DamagedFileError
+
+    try:
+        return read_manifest(directory) if directory.is_dir() else None
+    except DamagedFileError as error:
+        warnings.append(f"{what}: {error}")
+        return None
+
+
+def build_summary(run: Run, warnings: list[str] | None = None) -> dict[str, Any]:
+    """The run's results in one JSON document (see docs/results-schema.md); an input that is
+    damaged, or missing where its stage ran, adds a line to ``warnings``."""
+    warnings = [] if warnings is None else warnings
     summary: dict[str, Any] = {"name": run.config.name, "models": {}, "analyses": {}}
     for name, spec in run.config.models.items():
         directory = run.model_dir(name) if spec.path is None else Path(spec.path)
-        manifest = read_manifest(directory) if directory.is_dir() else None
+        manifest = _manifest(directory, f"model {name!r}", warnings)
+        if spec.path is None and not (manifest and manifest.get("stage") == "models"):
+            warnings.append(
+                f"model {name!r} has no models manifest.json in {str(directory)!r}: its row "
+                "of the comparison is left out; rerun `crossdiff run` to train it"
+            )
         if manifest and manifest.get("stage") == "models":
             summary["models"][name] = {k: manifest[k] for k in MODEL_KEYS if k in manifest}
             if spec.path is not None:
@@ -35,8 +53,9 @@ def build_summary(run: Run) -> dict[str, Any]:
         else:
             summary["models"][name] = {"path": spec.path}
     metrics_path = run.crosscoder_dir / "metrics.json"
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
+    crosscoder_ran = (run.crosscoder_dir / "manifest.json").is_file()
+    metrics = read_input(metrics_path, "the crosscoder's metrics.json", warnings, crosscoder_ran)
+    if metrics is not None:
         summary["crosscoder"] = {
             "fve": {**metrics["fve"], "pooled": metrics["fve_pooled"]},
             "l0": metrics["l0"],
@@ -52,8 +71,9 @@ def build_summary(run: Run) -> dict[str, Any]:
         }
     for name in run.config.analyses:
         path = run.run_dir / "analyses" / name / "summary.json"
-        if path.is_file():
-            summary["analyses"][name] = json.loads(path.read_text())
+        data = read_input(path, f"analysis {name!r}'s summary.json", warnings)
+        if data is not None:
+            summary["analyses"][name] = data
     classes = summary["analyses"].get("feature_classes")
     if classes:
         summary["features"] = {
@@ -192,23 +212,50 @@ def crosscoder_settings(run: Run) -> dict[str, Any] | None:
     }
 
 
-def write_run_report(run: Run) -> Path:
+REPORT_STAGE = "report"
+
+
+def report_settings(run: Run) -> dict[str, Any]:
+    """What the report's manifest records as its settings."""
+    return {"name": run.config.name}
+
+
+def write_run_report(run: Run, log: Callable[[str], None] | None = None) -> Path:
     """Write ``RUN/report/summary.json`` and the report folder (``report.html``, ``assets/``,
-    ``latents/``); return the page."""
+    ``latents/``); return the page.
+
+    The report directory is locked while it is written (a second writer is refused by name),
+    and its ``manifest.json`` says ``complete`` only once every file is written. A damaged or
+    missing input is a warning in the report (``summary["warnings"]``, a section) and in
+    ``log``, never a silently missing part."""
+    from crossdiff.stages import stage_lock, write_manifest
+
+    report_dir = run.run_dir / "report"
+    with stage_lock(report_dir):
+        write_manifest(report_dir, REPORT_STAGE, report_settings(run), complete=False)
+        page = _write_report_files(run, report_dir, log or (lambda line: None))
+        write_manifest(report_dir, REPORT_STAGE, report_settings(run), complete=True)
+    return page
+
+
+def _write_report_files(run: Run, report_dir: Path, log: Callable[[str], None]) -> Path:
     from crossdiff.report.claims import run_claims
     from crossdiff.report.sections import report_sections
 
-    summary = build_summary(run)
+    warnings: list[str] = []
+    summary = build_summary(run, warnings)
     settings = crosscoder_settings(run)
     if settings and "crosscoder" in summary:
         summary["crosscoder"]["settings"] = settings
-    explorer = run_explorer(run)
+    explorer = run_explorer(run, warnings)
     if explorer is not None:
         summary["explorer"] = {"latents": len(explorer[0]["rows"])}
     summary["claims"] = [claim.as_dict() for claim in run_claims(summary)]
-    report_dir = run.run_dir / "report"
-    atomic_write_json(report_dir / "summary.json", summary)
+    summary["warnings"] = warnings  # report_sections adds those of the inputs it reads
     sections = report_sections(run, summary, report_dir / "figures")
+    for line in warnings:
+        log(f"  warning: {line}")
+    atomic_write_json(report_dir / "summary.json", summary)
     return write_report(
         report_dir / "report.html",
         f"crossdiff: {run.config.name}",
@@ -226,24 +273,36 @@ INTRO = (
 )
 
 
-def run_explorer(run: Run):
-    """``(index, cards)`` of the latent explorer, or None without a finished crosscoder."""
+def run_explorer(run: Run, warnings: list[str] | None = None):
+    """``(index, cards)`` of the latent explorer, or None without a finished crosscoder; a
+    model whose logit effects or routing cannot be shown adds a line to ``warnings``."""
     from crossdiff.crosscoder import Crosscoder
     from crossdiff.crosscoder.stage import WEIGHTS_DIR
+    from crossdiff.errors import CrossdiffError
     from crossdiff.report.explorer import build_explorer
     from crossdiff.store import open_store
+    from crossdiff.verify import verify_stage_files
 
-    manifest = read_manifest(run.crosscoder_dir)
-    store_dir = run.store_dir("validation")
-    if not (manifest and manifest.get("complete")) or read_manifest(store_dir) is None:
+    warnings = [] if warnings is None else warnings
+    try:
+        manifest = read_manifest(run.crosscoder_dir)
+        store_dir = run.store_dir("validation")
+        if not (manifest and manifest.get("complete")) or read_manifest(store_dir) is None:
+            return None
+        verify_stage_files(run.crosscoder_dir, manifest)
+        crosscoder = Crosscoder.from_pretrained(run.crosscoder_dir / WEIGHTS_DIR)
+        store = open_store(store_dir)
+        inputs = explorer_inputs(run, crosscoder, store, warnings)
+    except CrossdiffError as error:  # a damaged or missing input: named, not dropped
+        warnings.append(f"{error}: the latent explorer is left out")
         return None
-    crosscoder = Crosscoder.from_pretrained(run.crosscoder_dir / WEIGHTS_DIR)
-    store = open_store(store_dir)
-    return build_explorer(crosscoder, store, explorer_inputs(run, crosscoder, store))
+    return build_explorer(crosscoder, store, inputs)
 
 
-def explorer_inputs(run: Run, crosscoder, store):
-    """Tokens, each model's unembedding path and the MoE models' routing, for the explorer."""
+def explorer_inputs(run: Run, crosscoder, store, warnings: list[str] | None = None):
+    """Tokens, each model's unembedding path and the MoE models' routing, for the explorer; a
+    model that cannot be loaded is named in ``warnings`` (its logit effects and routing are
+    left out)."""
     import functools
 
     import torch
@@ -260,12 +319,22 @@ def explorer_inputs(run: Run, crosscoder, store):
     inputs = ExplorerInputs(functools.cache(lambda i: tokenizer.decode([i])), input_ids)
     paths = store.record.get("models", {})
     alignments = store_alignments(store)
+    warnings = [] if warnings is None else warnings
     for name in crosscoder.cfg.models:
         if name not in paths:
+            warnings.append(
+                f"the store records no path for model {name!r}: the explorer shows no logit "
+                "effects or routing for it"
+            )
             continue
         try:
             adapter = load_adapter(paths[name], run.manager)
-        except (OSError, CrossdiffError):  # e.g. a hub model while offline: no logits, routing
+        except (OSError, ValueError, CrossdiffError) as error:  # e.g. a hub model offline
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            warnings.append(
+                f"model {name!r} could not be loaded from {paths[name]!r} ({first}): the "
+                "explorer shows no logit effects or routing for it"
+            )
             continue
         # the deepest crosscoded site (logit_directions reads the decoder there)
         site = adapter.site(

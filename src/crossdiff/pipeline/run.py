@@ -193,6 +193,12 @@ def check_run(run: Run) -> None:
                     f"harvest site {site!r} is past model {name!r}, which has "
                     f"{model_config.n_layers} layers (0..{model_config.n_layers - 1})"
                 )
+        check_sites(name, site_vocabulary(model_config, run.manager), spec.harvested)
+    if not _corpus_up_to_date(run):
+        from crossdiff.corpus.build import resolve_sources
+
+        resolve_sources(config.corpus, run.manager)  # every local source path exists
+    check_tokenizers_up_front(run)
     crosscoder = config.crosscoder
     for site in crosscoder.sites:
         if site not in spec.harvested:
@@ -215,6 +221,75 @@ def check_run(run: Run) -> None:
         crosscoder.check_partition(size, len(dims), f" ({how})", n_shared)
 
 
+def site_vocabulary(model_config: Any, manager: CrossdiffPluginManager) -> list[str]:
+    """The site names a model of ``model_config`` offers, from the model built on the meta
+    device (no weights, no training) and seen through its adapter."""
+    import torch
+
+    from crossdiff.adapters import adapt
+    from crossdiff.models.build import build_model
+
+    with torch.device("meta"):
+        model = build_model(model_config, device="meta")
+    return adapt(model, manager).site_names()
+
+
+def check_sites(model: str, vocabulary: list[str], sites: tuple[str, ...] | list[str]) -> None:
+    """Raise a :class:`ConfigError` naming the first of ``sites`` that ``model`` lacks, with
+    the closest valid names."""
+    from crossdiff.errors import unknown_choice
+
+    for site in sites:
+        if site not in vocabulary:
+            error = unknown_choice("site", site, vocabulary)
+            raise ConfigError(f"harvest {error} (model {model!r})")
+
+
+def _corpus_up_to_date(run: Run) -> bool:
+    """The corpus stage will be skipped: its sources need not be read again."""
+    record = read_json_file(run.run_dir / "pipeline.json", "pipeline record") or {}
+    return "corpus" in record and stage_complete(run.corpus_dir)
+
+
+def check_tokenizers_up_front(run: Run) -> None:
+    """Models given by path that bring a tokenizer must share the corpus tokenizer, when that
+    is known before any work (a built corpus, or ``corpus.tokenizer`` a local directory)."""
+    from crossdiff.store.checks import check_tokenizers
+
+    paths = {n: m.path for n, m in run.config.models.items() if m.path and Path(m.path).is_dir()}
+    with_tokenizer = {n: p for n, p in paths.items() if _has_tokenizer(Path(p))}
+    if not with_tokenizer:
+        return
+    reference = _corpus_tokenizer_dir(run)
+    if reference is None:
+        return
+    from crossdiff.corpus import load_tokenizer
+
+    tokenizers = {n: load_tokenizer(_tokenizer_dir(Path(p))) for n, p in with_tokenizer.items()}
+    check_tokenizers(load_tokenizer(reference), tokenizers)
+
+
+def _tokenizer_dir(path: Path) -> Path:
+    return path / "tokenizer" if (path / "tokenizer").is_dir() else path
+
+
+def _has_tokenizer(path: Path) -> bool:
+    directory = _tokenizer_dir(path)
+    return any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
+
+
+def _corpus_tokenizer_dir(run: Run) -> Path | None:
+    built = run.corpus_dir / "tokenizer"
+    if stage_complete(run.corpus_dir) and built.is_dir():
+        return built
+    given = run.config.corpus.tokenizer
+    if given:
+        path = Path(given.removeprefix("hf:")).expanduser()
+        if path.is_dir() and _has_tokenizer(path):
+            return path
+    return None
+
+
 def _check_local_path(name: str, path: str) -> None:
     if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
         raise ConfigError(f"model {name!r}: path {path!r} does not exist")
@@ -225,6 +300,13 @@ def _hash(text: str) -> str:
 
 
 def stage_complete(path: Path) -> bool:
-    """True if ``path`` holds a manifest that says complete."""
+    """True if ``path`` holds a manifest that says complete and every file it records matches
+    its checksum (a damaged one raises :class:`DamagedFileError`, naming it): "up to date"
+    means verified."""
+    from crossdiff.verify import verify_stage_files
+
     manifest = read_manifest(path)
-    return bool(manifest and manifest.get("complete"))
+    if not (manifest and manifest.get("complete")):
+        return False
+    verify_stage_files(path, manifest)
+    return True

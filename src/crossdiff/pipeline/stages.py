@@ -190,11 +190,17 @@ def run_report(run: Run, log: Log) -> None:
     """``RUN/report/summary.json`` and the self-contained ``RUN/report/report.html``."""
     from crossdiff.pipeline.report import write_run_report
 
-    html = write_run_report(run)
+    html = write_run_report(run, log)
     log(f"  {html}")
 
 
 def report_done(run: Run) -> bool:
-    """Both report files exist."""
+    """The report's manifest says complete (it is written after every file of the report); a
+    report written before reports had a manifest: both its files exist."""
+    from crossdiff.stages import read_manifest
+
     report = run.run_dir / "report"
+    manifest = read_manifest(report)
+    if manifest is not None:
+        return bool(manifest.get("complete"))
     return (report / "summary.json").is_file() and (report / "report.html").is_file()

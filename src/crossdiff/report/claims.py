@@ -197,19 +197,18 @@ def similarity_claims(model: str, data: dict[str, Any]) -> list[Claim]:
             f"{model}: cos(router inputs) predicts the top-k overlap of two tokens "
             "(Spearman ρ > 0 in every layer)",
             f"ρ within domains {_span(within)} over layers {layers[0]}–{layers[-1]}",
-            f"min ρ = {min(within):.2f}",
-            min(within) > 0,
+            *_all_positive(within),
         ),
         Claim(
             "routing similarity",
             f"{model}: … and of two sequences' expert usage (Spearman ρ > 0 in every layer)",
             f"ρ {_span(sequence)}",
-            f"min ρ = {min(sequence):.2f}",
-            min(sequence) > 0,
+            *_all_positive(sequence),
         ),
     ]
     ratio = deepest.get("ratio")
-    if ratio is not None:
+    if ratio is not None and None not in (deepest.get("overlap_across"),
+                                          deepest.get("shuffled_baseline")):  # fmt: skip
         claims.append(
             Claim(
                 "routing similarity",
@@ -248,5 +247,13 @@ def _g(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
-def _span(values: list[float]) -> str:
-    return f"{min(values):.2f}–{max(values):.2f}" if values else "–"
+def _span(values: list[float | None]) -> str:
+    defined = [v for v in values if v is not None]
+    return f"{min(defined):.2f}–{max(defined):.2f}" if defined else "–"
+
+
+def _all_positive(values: list[float | None]) -> tuple[str, bool | None]:
+    """(statistic, verdict) of "ρ > 0 in every layer"; not testable where a ρ is undefined."""
+    if None in values:
+        return f"not testable: ρ undefined in {values.count(None)} layer(s) (constant input)", None
+    return f"min ρ = {min(values):.2f}", min(values) > 0

@@ -63,7 +63,19 @@ def report_sections(run: Any, summary: dict[str, Any], figure_dir: Path) -> list
     if "corpus_stats" in summary["analyses"]:
         sections.append(corpus(run, summary))
     sections.append(caveats(summary))
+    if summary.get("warnings"):  # after every section has read its inputs
+        sections.insert(1, warnings_section(summary["warnings"]))
     return sections
+
+
+def warnings_section(warnings: list[str]) -> ReportSection:
+    """The inputs the report could not read, each named, so no part is silently missing."""
+    items = "".join(f"<li>{_escape(line)}</li>" for line in warnings)
+    text = (
+        f"{len(warnings)} input(s) of this report were damaged or missing; the parts built "
+        "from them are left out."
+    )
+    return ReportSection("Warnings", text, blocks=[f'<ul class="warnings">{items}</ul>'])
 
 
 def _figures(run: Any, analysis: str) -> list[Figure]:
@@ -222,12 +234,17 @@ def ce_comment(summary: dict[str, Any]) -> str:
 
 def training(run: Any, summary: dict[str, Any], figure_dir: Path) -> ReportSection:
     """Training curves of the models and the crosscoder's held-out quality."""
+    from crossdiff.report.inputs import read_input
+
     figures = []
     logs = {}
-    for name in summary["models"]:
+    warnings = summary.setdefault("warnings", [])
+    for name, model in summary["models"].items():
         path = run.run_dir / "models" / name / "train_log.json"
-        if path.is_file():
-            logs[name] = json.loads(path.read_text())
+        trained = model.get("path") is None and "arch" in model  # its models stage finished
+        log = read_input(path, f"model {name!r}'s train_log.json", warnings, trained)
+        if log is not None:
+            logs[name] = log
     if logs:
         figure_dir.mkdir(parents=True, exist_ok=True)
         path = figure_dir / "model_training.png"
@@ -240,11 +257,14 @@ def training(run: Any, summary: dict[str, Any], figure_dir: Path) -> ReportSecti
                 "similar held-out losses: the comparison assumes comparable models.",
             )
         )
-    crosscoder_log = run.run_dir / "crosscoder" / "train_log.json"
-    if crosscoder_log.is_file():
+    crosscoder_log = read_input(
+        run.run_dir / "crosscoder" / "train_log.json", "the crosscoder's train_log.json",
+        warnings, "crosscoder" in summary,
+    )  # fmt: skip
+    if crosscoder_log is not None:
         figure_dir.mkdir(parents=True, exist_ok=True)
         path = figure_dir / "crosscoder_training.png"
-        draw_crosscoder_training(json.loads(crosscoder_log.read_text())["history"], path)
+        draw_crosscoder_training(crosscoder_log["history"], path)
         figures.append(
             Figure(
                 path,

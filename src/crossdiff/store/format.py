@@ -171,24 +171,32 @@ def store_fingerprint(info: StoreInfo) -> str:
     return fingerprint([info.manifest.get("config"), info.manifest.get("n_shards")])
 
 
+REGENERATE_SHARD = (
+    "rerun the same `crossdiff harvest` (or `crossdiff run`) command: it checks every shard "
+    "and harvests the damaged ones again"
+)
+
+
 def damaged_shard(path: str | Path, why: object) -> DamagedFileError:
     """The error for a shard that cannot be read: its path, what is wrong, what to do."""
-    return DamagedFileError(
-        f"shard {str(path)!r} is damaged ({why}); rerun the same `crossdiff harvest` (or "
-        "`crossdiff run`) command: it checks every shard and harvests the damaged ones again"
-    )
+    return DamagedFileError(f"shard {str(path)!r} is damaged ({why}); {REGENERATE_SHARD}")
 
 
 def check_shards(info: StoreInfo) -> None:
     """Raise :class:`DamagedFileError` for the first shard that is missing, of another size
-    than recorded at write time, or whose header does not parse."""
+    than recorded at write time, whose header does not parse, or whose bytes differ from the
+    SHA-256 recorded at write time (each shard hashed once per process while unchanged:
+    :mod:`crossdiff.verify`)."""
     from safetensors import safe_open
+
+    from crossdiff.verify import verify_file
 
     recorded = info.manifest.get("shards") or {}
     for path in info.shard_paths():
         if not path.is_file():
             raise damaged_shard(path, "missing")
-        size, expected = path.stat().st_size, (recorded.get(path.name) or {}).get("size")
+        record = recorded.get(path.name) or {}
+        size, expected = path.stat().st_size, record.get("size")
         if expected is not None and size != expected:
             raise damaged_shard(path, f"{size} bytes, {expected} when written")
         try:
@@ -196,6 +204,7 @@ def check_shards(info: StoreInfo) -> None:
                 pass
         except Exception as error:  # safetensors raises its own error type
             raise damaged_shard(path, error) from error
+        verify_file(path, record, REGENERATE_SHARD)
 
 
 def check_format_version(manifest: dict[str, Any], path: Path) -> None:

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from crossdiff.config import to_dict
-from crossdiff.stages import atomic_directory, atomic_write_json, is_complete, write_manifest
+from crossdiff.stages import (
+    atomic_directory,
+    atomic_write_json,
+    is_complete,
+    save_safetensors,
+    write_manifest,
+)
 from crossdiff.toy.config import SweepConfig, ToyRunConfig
 
 SWEEPS_DIR = "sweeps"
@@ -42,7 +48,6 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Train and evaluate every model of ``sweep`` into ``stage_dir``; its records."""
     import torch
-    from safetensors.torch import save_file
 
     from crossdiff.toy.evaluate import evaluate_batch
     from crossdiff.toy.train import train_models
@@ -57,7 +62,7 @@ def run_sweep(
         for name, value in zip(("W_MEHN", "b_MEN", "R_MEN"), batch.params.tensors(), strict=True):
             tensors[f"b{number}.{name}"] = value.detach().cpu().contiguous()
     with atomic_directory(stage_dir) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS))
+        save_safetensors(tmp / WEIGHTS, tensors)
         atomic_write_json(tmp / RESULTS, records)
         write_manifest(
             tmp, "toy_sweep", sweep_settings(sweep), complete=True, models=len(records),
