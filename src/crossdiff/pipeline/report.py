@@ -47,7 +47,12 @@ def build_summary(run: Run, warnings: list[str] | None = None) -> dict[str, Any]
                     "expert_usage_min_share"
                 ]
         elif (run.model_dir(name) / DESCRIPTION).is_file():  # given by path, described
-            description = json.loads((run.model_dir(name) / DESCRIPTION).read_text())
+            description = (
+                read_input(
+                    run.model_dir(name) / DESCRIPTION, f"model {name!r}'s description", warnings
+                )
+                or {}
+            )
             keys = (*MODEL_KEYS, "architecture", "val_tokens", "path")
             summary["models"][name] = {k: description[k] for k in keys if k in description}
         else:

@@ -4,7 +4,6 @@ latent classes, the MoE analyses as layer × domain grids, the other analyses, c
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any
 
