@@ -27,15 +27,16 @@ def evaluate_batch(batch: TrainedBatch, samples: int = EVAL_SAMPLES) -> list[dic
 
     Routing is measured on the held-out samples with at least one feature present (an all-zero
     input carries nothing to route, and its tie is broken towards expert 0). Per expert (lists over
-    experts, then features): ``usage`` (mean routing weight, summing to 1), ``feature_usage``
-    (mean routing weight over the samples where feature i is present),
+    experts, then features): ``usage`` (mean routing share, summing to 1: each sample's top-k
+    weights divided by their sum, so Switch-style weights below 1 count as a whole sample),
+    ``feature_usage`` (mean routing share over the samples where feature i is present),
     ``expert_dimensionality`` D*, ``feature_dimensionality`` D_i, ``feature_norm`` ‖W_i‖,
     ``superposition``, ``feature_states`` (0 ignored, 1 dedicated, 2 superposed),
     ``monosemantic_fraction_per_expert``, ``specialisation_per_expert``. Per model:
     ``weighted_dimensionality`` and ``weighted_norm2`` of every feature (its experts' D_i and
     ‖W_i‖² weighted by ``feature_usage``: how the feature is represented when it occurs), the
     usage-weighted ``monosemantic_fraction`` and ``specialisation``, ``router_uniformity``,
-    ``loss`` (held-out) and ``train_loss``.
+    ``loss`` (held-out), ``train_loss`` and ``renormalised`` (the resolved ``router_weights``).
     """
     configs = batch.configs
     first = configs[0]
@@ -57,6 +58,7 @@ def evaluate_batch(batch: TrainedBatch, samples: int = EVAL_SAMPLES) -> list[dic
     present_MBN = (x_MBN > 0).double()
     active_MB = present_MBN.amax(-1)
     gates_MBE = out.gates_MBE.double()
+    gates_MBE = gates_MBE / gates_MBE.sum(-1, keepdim=True).clamp_min(1e-30)
     usage = (gates_MBE * active_MB[..., None]).sum(1) / active_MB.sum(1).clamp_min(1)[:, None]
     feature_usage_MEN = torch.einsum("mbe,mbn->men", gates_MBE, present_MBN)
     feature_usage_MEN = feature_usage_MEN / present_MBN.sum(1).clamp_min(1)[:, None]
@@ -86,7 +88,11 @@ def evaluate_batch(batch: TrainedBatch, samples: int = EVAL_SAMPLES) -> list[dic
     records = []
     for index, config in enumerate(configs):
         E = config.n_experts  # the batch may pad a model's experts: keep its own
-        record: dict[str, Any] = {"config": to_dict(config), "k_over_E": config.network_sparsity}
+        record: dict[str, Any] = {
+            "config": to_dict(config),
+            "k_over_E": config.network_sparsity,
+            "renormalised": config.renormalised,
+        }
         record.update({name: plain(value[index, :E]) for name, value in per_expert.items()})
         record.update({name: plain(value[index]) for name, value in model_level.items()})
         record["router_uniformity"] = metrics.router_uniformity(usage[index, :E]).item()
