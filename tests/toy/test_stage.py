@@ -103,6 +103,7 @@ def test_a_rerun_skips_finished_sweeps_and_redoes_a_changed_one(
     assert main(["toy", "run", str(config), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("is complete, skipped") == 3
+    assert "toy: claim no_phase_change: not testable" in printed
     assert "sweep 'init': 12 models" not in printed and "sweep 'init': 6 models" in printed
     for path, mtime in manifests.items():
         changed = path.stat().st_mtime_ns != mtime
