@@ -100,6 +100,7 @@ def test_routers_train_at_every_k_with_the_default_and_not_when_nothing_can_move
             ),
         }
     movement = dict(zip(cases, router_movement(list(cases.values())).tolist(), strict=True))
+    print("router movement ‖R − R₀‖/‖R₀‖:", {name: round(m, 4) for name, m in movement.items()})
     for name, moved in movement.items():
         if name.startswith("control"):  # no gradient reaches the router: it stays put exactly
             assert moved == 0.0, (name, movement)
