@@ -97,13 +97,17 @@ def network_sparsity_table(records: list[Record]) -> list[dict[str, Any]]:
 
 
 def init_table(records: list[Record]) -> list[dict[str, Any]]:
-    """Rows per (init, load_balance, renormalised): mean ± std over seeds of the network metrics."""
+    """Rows per (init, load_balance, renormalised): mean ± std over seeds of the network metrics
+    and of the group coverage (``crossdiff.toy.claims.group_coverage``)."""
 
     def key(r: Record) -> tuple[str, float, bool]:
         c = r["config"]
         return c["init"], c["load_balance"], r["renormalised"]
 
-    rows = grouped(records, key, NETWORK_METRICS)
+    from crossdiff.toy.claims import group_coverage
+
+    covered = [{**r, "group_coverage": group_coverage(r)} for r in records]
+    rows = grouped(covered, key, (*NETWORK_METRICS, "group_coverage"))
     for row in rows:
         init, balance, renormalised = row.pop("key")
         row.update(init=init, load_balance=balance, renormalised=renormalised)

@@ -149,7 +149,9 @@ def write_toy_report(
                 label = f"init {row['init']}, load balance {row['load_balance']:g}" + (
                     ", renormalised" if row["renormalised"] else ", Switch weights"
                 )
-                table[label] = _mean_std_text(row, "specialisation", "monosemantic_fraction")
+                table[label] = _mean_std_text(
+                    row, "group_coverage", "specialisation", "router_uniformity"
+                )
         shown = aggregate.showcase(records)
         W_EHN = load_expert_weights(Path(out) / SWEEPS_DIR / name, shown)
         figs.append(figures.stick_figure(shown, target / f"{name}_sticks.png"))
