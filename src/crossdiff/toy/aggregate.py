@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
+
+from crossdiff.toy.config import ToyConfig
 
 Record = dict[str, Any]
 PHASE_FEATURE = 1
@@ -165,10 +168,10 @@ def per_expert_rows(records: list[Record]) -> list[dict[str, Any]]:
     Experts are ranked within each model, since expert numbers are arbitrary labels. A sweep
     with more than ``PER_EXPERT_GROUPS`` settings shows its showcase model's setting only.
     """
-    varied = [
-        name
-        for name in records[0]["config"]
-        if name != "seed" and len({str(r["config"][name]) for r in records}) > 1
+    varied = [  # in ToyConfig's order (a reloaded results.json has its keys sorted)
+        field.name
+        for field in dataclasses.fields(ToyConfig)
+        if field.name != "seed" and len({str(r["config"][field.name]) for r in records}) > 1
     ]
     groups: dict[str, list[Record]] = defaultdict(list)
     for r in records:
