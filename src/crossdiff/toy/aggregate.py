@@ -171,7 +171,7 @@ def per_expert_rows(records: list[Record]) -> list[dict[str, Any]]:
     varied = [  # in ToyConfig's order (a reloaded results.json has its keys sorted)
         field.name
         for field in dataclasses.fields(ToyConfig)
-        if field.name != "seed" and len({str(r["config"][field.name]) for r in records}) > 1
+        if field.name != "seed" and len({str(r["config"].get(field.name)) for r in records}) > 1
     ]
     groups: dict[str, list[Record]] = defaultdict(list)
     for r in records:
