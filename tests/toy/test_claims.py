@@ -72,6 +72,13 @@ def test_no_phase_change_is_not_testable_with_few_rows_or_no_moe_sweep() -> None
         "phase_moe": phase_records(2, RAMP, seeds=(0,)),
     }
     assert verdict("no_phase_change", few, PHASE).verdict == UNTESTABLE  # 3 rows < 6
+    undefined = phase_records(2, RAMP)
+    for r in undefined:
+        r["weighted_norm2"][1] = None  # NaN, as results.json stores it
+    result = verdict(
+        "no_phase_change", {"phase_dense": phase_records(1, STEP), "phase_moe": undefined}, PHASE
+    )
+    assert result.verdict == UNTESTABLE and result.n == 0
     alone = {"phase_dense": phase_records(1, STEP)}
     result = verdict("no_phase_change", alone, {"phase_dense": "phase"})
     assert result.verdict == UNTESTABLE and "MoE sweep" in result.measured

@@ -98,7 +98,8 @@ def untestable(why: str, n: int = 0) -> Judgement:
 
 def row_jumps(records: list[Record], feature: int = 1) -> dict[tuple[int, float], float]:
     """Per (seed, sparsity): the largest change of ``weighted_norm2[feature]`` between
-    neighbouring importance values (rows with one importance value are left out)."""
+    neighbouring importance values (rows with one importance value or an undefined one are left
+    out)."""
     rows: dict[tuple[int, float], list[tuple[float, float]]] = defaultdict(list)
     for r in records:
         c = r["config"]
@@ -106,7 +107,7 @@ def row_jumps(records: list[Record], feature: int = 1) -> dict[tuple[int, float]
     jumps = {}
     for key, cells in rows.items():
         values = [v for _, v in sorted(cells)]
-        if len(values) > 1:
+        if len(values) > 1 and None not in values:  # None: a NaN in results.json
             jumps[key] = max(abs(b - a) for a, b in itertools.pairwise(values))
     return jumps
 
@@ -188,6 +189,8 @@ def judge_monosemantic_sparsity(
             len(known),
         )
     rho, p = spearmanr(x, y, alternative="less")
+    if math.isnan(rho) or math.isnan(p):
+        return untestable(f"{name}: Spearman's ρ is undefined", len(known))
     return Judgement(
         f"{name}: {len(known)} MoE models, k/E {min(x):.3g}–{max(x):.3g}; dedicated share of "
         f"represented features {min(y):.3f}–{max(y):.3f}; hidden-dimension monosemantic "
