@@ -13,6 +13,10 @@ TINY = """
 name = "tiny toy run"
 threads = 1
 progress = false
+claims = [
+    "no_phase_change", "network_sparsity_characterises", "network_sparsity_monosemantic",
+    "aligned_init_specialises",
+]
 
 [sweeps.phase_dense]
 figure = "phase"
@@ -65,6 +69,25 @@ def test_the_run_writes_every_sweep_and_the_summary(toy_run: Path) -> None:
     assert sum(records[0]["usage"]) == pytest.approx(1.0)
     page = (out / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == EXPECTED_FIGURES
+    # a verdict per listed claim, in summary.json and as the report's first table
+    verdicts = summary["claims"]
+    assert [v["claim"] for v in verdicts] == [
+        "no_phase_change", "network_sparsity_characterises", "network_sparsity_monosemantic",
+        "aligned_init_specialises",
+    ]  # fmt: skip
+    assert all(v["verdict"] in ("holds", "does not hold", "not testable") for v in verdicts)
+    # 2 densities x 2 seeds give at most 4 rows where the dense model jumps: too few
+    assert verdicts[0]["verdict"] == "not testable"
+    assert page.index("<h2 id='claims'>") < page.index("<h2 id='phase-diagrams")
+    assert page.count("<td class='verdict'>") == 4
+    # per-expert numbers in the summary and the report, not only in sweeps/*/results.json
+    rows = summary["sweeps"]["network"]["per_expert"]
+    assert [(row["setting"], row["rank"]) for row in rows][:3] == [
+        ("n_experts=1, k=1", 0), ("n_experts=2, k=1", 0), ("n_experts=2, k=1", 1),
+    ]  # fmt: skip
+    assert all(row["models"] == 2 for row in rows)
+    assert rows[1]["usage"] >= rows[2]["usage"]  # ranked by usage within each model
+    assert page.count("Per expert, mean over seeds") == 4
 
 
 @pytest.mark.slow
@@ -80,6 +103,7 @@ def test_a_rerun_skips_finished_sweeps_and_redoes_a_changed_one(
     assert main(["toy", "run", str(config), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("is complete, skipped") == 3
+    assert "toy: claim no_phase_change: not testable" in printed
     assert "sweep 'init': 12 models" not in printed and "sweep 'init': 6 models" in printed
     for path, mtime in manifests.items():
         changed = path.stat().st_mtime_ns != mtime

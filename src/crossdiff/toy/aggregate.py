@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
+
+from crossdiff.toy.config import ToyConfig
 
 Record = dict[str, Any]
 PHASE_FEATURE = 1
@@ -97,16 +100,20 @@ def network_sparsity_table(records: list[Record]) -> list[dict[str, Any]]:
 
 
 def init_table(records: list[Record]) -> list[dict[str, Any]]:
-    """Rows per (init, load_balance, renormalise): mean ± std over seeds of the network metrics."""
+    """Rows per (init, load_balance, renormalised): mean ± std over seeds of the network metrics
+    and of the group coverage (``crossdiff.toy.claims.group_coverage``)."""
 
     def key(r: Record) -> tuple[str, float, bool]:
         c = r["config"]
-        return c["init"], c["load_balance"], c.get("renormalise", True)
+        return c["init"], c["load_balance"], r["renormalised"]
 
-    rows = grouped(records, key, NETWORK_METRICS)
+    from crossdiff.toy.claims import group_coverage
+
+    covered = [{**r, "group_coverage": group_coverage(r)} for r in records]
+    rows = grouped(covered, key, (*NETWORK_METRICS, "group_coverage"))
     for row in rows:
-        init, balance, renormalise = row.pop("key")
-        row.update(init=init, load_balance=balance, renormalise=renormalise)
+        init, balance, renormalised = row.pop("key")
+        row.update(init=init, load_balance=balance, renormalised=renormalised)
     return rows
 
 
@@ -116,3 +123,69 @@ def showcase(records: list[Record]) -> Record:
         records,
         key=lambda r: (r["config"]["sparsity"], r["config"]["n_experts"], -r["config"]["seed"]),
     )
+
+
+PER_EXPERT_GROUPS = 12
+"""A sweep with more settings than this shows per-expert numbers for its showcase setting only."""
+
+
+def _expert_values(record: Record, e: int) -> dict[str, float | None]:
+    """One expert's numbers: usage, D*, mean superposition of its represented features, the
+    represented count, the dedicated share and the hidden-dimension monosemantic fraction."""
+    states = record["feature_states"][e]
+    represented = [i for i, state in enumerate(states) if state != 0]
+    superposition = [record["superposition"][e][i] for i in represented]
+    return {
+        "usage": record["usage"][e],
+        "expert_dimensionality": record["expert_dimensionality"][e],
+        "superposition": statistics.fmean(superposition) if superposition else None,
+        "represented": float(len(represented)),
+        "specialisation": record["specialisation_per_expert"][e],
+        "monosemantic_fraction": record["monosemantic_fraction_per_expert"][e],
+    }
+
+
+EXPERT_METRICS = (
+    "usage", "expert_dimensionality", "superposition", "represented", "specialisation",
+    "monosemantic_fraction",
+)  # fmt: skip
+
+
+def setting_label(config: dict[str, Any], varied: list[str]) -> str:
+    """The settings a sweep varies (but the seed), as ``name=value`` text."""
+    return ", ".join(f"{name}={config[name]}" for name in varied) or "all models"
+
+
+def _by_usage(record: Record) -> list[int]:
+    """The model's experts, busiest first."""
+    return sorted(range(len(record["usage"])), key=lambda e: -record["usage"][e])
+
+
+def per_expert_rows(records: list[Record]) -> list[dict[str, Any]]:
+    """Per setting (every swept value but the seed) and expert rank by usage (0: busiest):
+    the mean over seeds of each expert's numbers (:data:`EXPERT_METRICS`).
+
+    Experts are ranked within each model, since expert numbers are arbitrary labels. A sweep
+    with more than ``PER_EXPERT_GROUPS`` settings shows its showcase model's setting only.
+    """
+    varied = [  # in ToyConfig's order (a reloaded results.json has its keys sorted)
+        field.name
+        for field in dataclasses.fields(ToyConfig)
+        if field.name != "seed" and len({str(r["config"].get(field.name)) for r in records}) > 1
+    ]
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for r in records:
+        groups[setting_label(r["config"], varied)].append(r)
+    if len(groups) > PER_EXPERT_GROUPS:
+        shown = setting_label(showcase(records)["config"], varied)
+        groups = {shown: groups[shown]}
+    rows = []
+    for label, members in groups.items():
+        ranked = [[_expert_values(r, e) for e in _by_usage(r)] for r in members]
+        for rank in range(max(len(experts) for experts in ranked)):
+            values = [experts[rank] for experts in ranked if rank < len(experts)]
+            row: dict[str, Any] = {"setting": label, "rank": rank, "models": len(values)}
+            for metric in EXPERT_METRICS:
+                row[metric], row[f"{metric}_std"] = _mean_std([v[metric] for v in values])
+            rows.append(row)
+    return rows

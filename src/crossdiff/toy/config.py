@@ -14,6 +14,7 @@ from crossdiff.errors import ConfigError, did_you_mean, unknown_choice
 
 CORRELATIONS = ("none", "correlated", "anticorrelated")
 INITS = ("random", "aligned", "dense")
+ROUTER_WEIGHTS = ("auto", "softmax", "renormalised")
 FIGURES = ("none", "phase", "network_sparsity", "init")
 
 
@@ -28,7 +29,8 @@ class ToyConfig:
     n_experts: int = 1
     """Experts ``E``; 1 with ``k`` = 1 is the dense toy model."""
     k: int = 1
-    """Active experts per sample (top-k of the router's softmax, renormalised over the k)."""
+    """Active experts per sample (the top k of the router's softmax, weighted by
+    ``router_weights``)."""
     sparsity: float = 0.0
     """Feature sparsity ``S``: each feature is present with probability 1 − S (in [0, 1))."""
     importance_decay: float = 1.0
@@ -39,10 +41,12 @@ class ToyConfig:
     at most one of a group at a time (anticorrelated); ``none``: independent features."""
     group_size: int = 2
     """Features per group for ``correlation`` and for the ``aligned`` initialisation."""
-    renormalise: bool = True
-    """Renormalise the top-k router weights over the k (Mixtral); False keeps the softmax
-    probabilities (Switch). With k = 1 and renormalising, every weight is 1, so the reconstruction
-    loss gives the router no gradient: only a load-balancing loss trains it."""
+    router_weights: Literal["auto", "softmax", "renormalised"] = "auto"
+    """How the k chosen experts are weighted. ``softmax`` (Switch): their router probabilities
+    as they are; the reconstruction loss trains the router at any k. ``renormalised``
+    (Mixtral): the probabilities rescaled to sum 1 over the k; at k = 1 every weight is exactly
+    1, so the router gets no gradient and only ``load_balance`` can train it (warned).
+    ``auto`` (default): ``softmax`` at k = 1, ``renormalised`` at k ≥ 2."""
     init: Literal["random", "aligned", "dense"] = "random"
     """``random``; ``aligned``: router row e picks out feature group e (disjoint groups);
     ``dense``: every expert starts from a dense model trained first (plus small noise)."""
@@ -75,12 +79,21 @@ class ToyConfig:
             raise ConfigError(f"importance_decay must be > 0, got {self.importance_decay!r}")
         if self.correlation not in CORRELATIONS:
             raise unknown_choice("correlation", self.correlation, CORRELATIONS)
+        if self.router_weights not in ROUTER_WEIGHTS:
+            raise unknown_choice("router_weights", self.router_weights, ROUTER_WEIGHTS)
         if self.init not in INITS:
             raise unknown_choice("init", self.init, INITS)
         if self.load_balance < 0:
             raise ConfigError(f"load_balance must be >= 0, got {self.load_balance!r}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        if self.renormalised and self.k == 1 and self.n_experts > 1 and self.load_balance == 0:
+            warnings.warn(
+                "router_weights='renormalised' with k=1 and load_balance=0: every routed weight "
+                "is 1, so the router gets no gradient and keeps its initialisation; use "
+                "router_weights='softmax' (or 'auto') or load_balance > 0",
+                stacklevel=3,
+            )
         if self.d_hidden >= self.n_features:
             warnings.warn(
                 f"d_hidden={self.d_hidden} >= n_features={self.n_features}: every feature fits "
@@ -89,12 +102,22 @@ class ToyConfig:
             )
 
     @property
+    def renormalised(self) -> bool:
+        """Whether the top-k weights are renormalised over the k (``router_weights`` resolved)."""
+        if self.router_weights == "auto":
+            return self.k > 1
+        return self.router_weights == "renormalised"
+
+    @property
     def network_sparsity(self) -> float:
         """Active over total experts, k/E."""
         return self.k / self.n_experts
 
 
-PER_MODEL = ("sparsity", "importance_decay", "n_experts", "k", "init", "load_balance", "seed")
+PER_MODEL = (
+    "sparsity", "importance_decay", "n_experts", "k", "router_weights", "init", "load_balance",
+    "seed",
+)  # fmt: skip
 """Settings that may differ between models trained in one batch; the rest define the batch."""
 
 
@@ -167,8 +190,18 @@ class ToyRunConfig:
     """torch threads (None: torch's default)."""
     progress: bool = True
     """Show a progress bar per batch of models."""
+    claims: tuple[str, ...] = ()
+    """Claims of the seed study the report judges (names in ``crossdiff.toy.claims.CLAIMS``)."""
 
     def __post_init__(self) -> None:
+        from crossdiff.toy.claims import CLAIMS
+
+        object.__setattr__(self, "claims", tuple(self.claims))
+        for claim in self.claims:
+            if claim not in CLAIMS:
+                raise unknown_choice("toy claim", claim, CLAIMS)
+        if len(set(self.claims)) != len(self.claims):
+            raise ConfigError(f"claims lists a claim twice: {list(self.claims)}")
         if not self.sweeps:
             raise ConfigError("a toy run needs at least one [sweeps.NAME] table")
         for name in self.sweeps:

@@ -110,7 +110,8 @@ def init_figure(rows: list[dict[str, Any]], path: Path) -> Path:
     figure = new_figure(7.5, 3.2)
     axis = figure.subplots()
     labels = [
-        f"{row['init']}\nLB {row['load_balance']:g}" + ("" if row["renormalise"] else "\nSwitch")
+        f"{row['init']}\nLB {row['load_balance']:g}\n"
+        + ("renormalised" if row["renormalised"] else "Switch")
         for row in rows
     ]
     positions = range(len(rows))

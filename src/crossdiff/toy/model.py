@@ -2,8 +2,8 @@
 
     h_e = W_e x                                  W_e ∈ R^{m×n} (tied: the decoder is W_eᵀ)
     p = softmax(R x)                             R ∈ R^{E×n}, a linear router over the input
-    w = top-k of p, renormalised over the k      (zero for the other experts; optionally
-                                                  not renormalised, Switch-style)
+    w = top-k of p                               (zero for the other experts), Switch-style,
+                                                  or renormalised over the k (Mixtral), per model
     x̂ = Σ_{e∈topk} w_e · ReLU(W_eᵀ h_e + b_e)
 
 The dense toy model x̂ = ReLU(WᵀW x + b) is the case E = k = 1 (the softmax of one logit is 1).
@@ -38,8 +38,9 @@ class ToyParams:
     """Each model's number of experts E (long)."""
     k_M: torch.Tensor
     """Each model's active experts per sample (long)."""
-    renormalise: bool = True
-    """Renormalise the top-k weights over the k (else keep the softmax probabilities)."""
+    renormalise_M: torch.Tensor
+    """Per model (bool): renormalise the top-k weights over the k (else keep the softmax
+    probabilities, Switch-style)."""
 
     def tensors(self) -> list[torch.Tensor]:
         """The trainable tensors."""
@@ -48,7 +49,7 @@ class ToyParams:
     def detached(self) -> ToyParams:
         """The same weights, detached from autograd."""
         return ToyParams(
-            *(t.detach() for t in self.tensors()), self.experts_M, self.k_M, self.renormalise
+            *(t.detach() for t in self.tensors()), self.experts_M, self.k_M, self.renormalise_M
         )
 
 
@@ -61,11 +62,17 @@ class ToyForward:
     probs_MBE: torch.Tensor
     """Router softmax over all experts (before top-k; 0 for padding)."""
     gates_MBE: torch.Tensor
-    """Renormalised top-k weights, zero outside the top-k."""
+    """The top-k weights (softmax probabilities or renormalised), zero outside the top-k."""
 
 
 def forward(params: ToyParams, x_MBN: torch.Tensor) -> ToyForward:
-    """Run every model on its own batch."""
+    """Run every model on its own batch.
+
+    Renormalised weights are computed as the softmax of the chosen experts' logits (equal to
+    p_e / Σ_chosen p_j), so that at k = 1 the weight is exactly 1 with a gradient of exactly 0:
+    the quotient p/p would leave a roundoff gradient (~1e-8) that Adam, which divides by the
+    gradient's own scale, turns into full-size random steps of the router.
+    """
     W_MEHN, b_MEN = params.W_MEHN, params.b_MEN
     h_MBEH = torch.einsum("mbn,mehn->mbeh", x_MBN, W_MEHN)
     out_MBEN = torch.relu(torch.einsum("mbeh,mehn->mben", h_MBEH, W_MEHN) + b_MEN[:, None])
@@ -75,13 +82,16 @@ def forward(params: ToyParams, x_MBN: torch.Tensor) -> ToyForward:
         return ToyForward(out_MBEN[:, :, 0], gates_MBE, gates_MBE)
     logits_MBE = torch.einsum("mbn,men->mbe", x_MBN, params.R_MEN)
     padding_M1E = torch.arange(E, device=x_MBN.device) >= params.experts_M[:, None, None]
-    probs_MBE = torch.softmax(logits_MBE.masked_fill(padding_M1E, -math.inf), dim=-1)
+    logits_MBE = logits_MBE.masked_fill(padding_M1E, -math.inf)
+    probs_MBE = torch.softmax(logits_MBE, dim=-1)
     k_max = int(params.k_M.max())
     top_MBK, index_MBK = probs_MBE.topk(k_max, dim=-1)
     kept_M1K = torch.arange(k_max, device=x_MBN.device) < params.k_M[:, None, None]
     top_MBK = top_MBK * kept_M1K
-    if params.renormalise:
-        top_MBK = top_MBK / top_MBK.sum(-1, keepdim=True)
+    if bool(params.renormalise_M.any()):
+        chosen_MBK = logits_MBE.gather(-1, index_MBK).masked_fill(~kept_M1K, -math.inf)
+        renormalised_MBK = torch.softmax(chosen_MBK, dim=-1)
+        top_MBK = torch.where(params.renormalise_M[:, None, None], renormalised_MBK, top_MBK)
     gates_MBE = torch.zeros_like(probs_MBE).scatter(-1, index_MBK, top_MBK)
     x_hat_MBN = torch.einsum("mbe,mben->mbn", gates_MBE, out_MBEN)
     return ToyForward(x_hat_MBN, probs_MBE, gates_MBE)
@@ -101,7 +111,7 @@ def init_params(
     d_hidden: int,
     group_size: int = 2,
     device: torch.device | str = "cpu",
-    renormalise: bool = True,
+    renormalise: bool | Sequence[bool] = True,
 ) -> ToyParams:
     """Initial weights of one model per entry, padded to the most experts.
 
@@ -109,8 +119,11 @@ def init_params(
     (normal, std 1/√n) from ``expert_generator(s, e)``; b = 0. ``aligned`` sets router row e to
     ``ALIGNED_ROUTER_SCALE`` on the features of groups e, e+E, e+2E… (groups of ``group_size``
     consecutive features) and 0 elsewhere. ``dense`` starts as ``random``; the trainer then
-    overwrites W and b (see ``crossdiff.toy.train``).
+    overwrites W and b (see ``crossdiff.toy.train``). ``renormalise``: one flag for every model
+    or one per model.
     """
+    if isinstance(renormalise, bool):
+        renormalise = [renormalise] * len(seeds)
     E_max = max(experts)
     std = math.sqrt(2 / (d_hidden + n_features))
     W_MEHN = torch.zeros(len(seeds), E_max, d_hidden, n_features)
@@ -129,5 +142,5 @@ def init_params(
         R_MEN.to(device).requires_grad_(),
         torch.tensor(list(experts), device=device),
         torch.tensor(list(ks), device=device),
-        renormalise,
+        torch.tensor([bool(r) for r in renormalise], device=device),
     )

@@ -14,7 +14,10 @@ REPORT = "report.html"
 
 
 def build_summary(config: ToyRunConfig, results: dict[str, list[dict]]) -> dict[str, Any]:
-    """Per sweep: its model count, figure kind and the reduced numbers of that kind."""
+    """Per sweep: its model count, figure kind, the reduced numbers of that kind and the
+    per-expert numbers; the verdicts of the claims the config lists."""
+    from crossdiff.toy.claims import judge_claims
+
     sweeps: dict[str, Any] = {}
     for name, records in results.items():
         sweep = config.sweeps[name]
@@ -30,12 +33,64 @@ def build_summary(config: ToyRunConfig, results: dict[str, list[dict]]) -> dict[
             entry["network_sparsity"] = aggregate.network_sparsity_table(records)
         elif sweep.figure == "init":
             entry["init"] = aggregate.init_table(records)
+        entry["per_expert"] = aggregate.per_expert_rows(records)
         sweeps[name] = entry
+    figures = {name: config.sweeps[name].figure for name in results}
+    verdicts = judge_claims(config.claims, results, figures)
     return {
         "name": config.name,
         "models": sum(len(r) for r in results.values()),
+        "claims": [v.as_dict() for v in verdicts],
         "sweeps": sweeps,
     }
+
+
+VERDICT_CLASSES = {"holds": "holds-yes", "does not hold": "holds-no", "not testable": ""}
+
+
+def claims_section(verdicts: list[dict[str, Any]]) -> Any:
+    """The verdict table: claim, criterion, measured, statistic, n, p, Holm p, verdict."""
+    from crossdiff.report import ReportSection
+    from crossdiff.report.html import html_table
+
+    rows = [
+        [v["statement"], v["criterion"], v["measured"], v["statistic"], v["n"], v["p_value"],
+         v["p_adjusted"], v["verdict"]]
+        for v in verdicts
+    ]  # fmt: skip
+    table = html_table(
+        ["claim", "criterion", "measured", "statistic", "n", "p (one-sided)", "p (Holm)",
+         "verdict"],
+        rows,
+        row_classes=[VERDICT_CLASSES.get(v["verdict"], "") for v in verdicts],
+        cell_classes=[""] * 7 + ["verdict"],
+    )  # fmt: skip
+    text = (
+        "Each claim of the seed study the config lists, judged from this run's sweeps: holds, "
+        "does not hold, or not testable (too few models, a missing sweep or an undefined "
+        "statistic). p-values are one-sided and Holm-corrected across the claims with one."
+    )
+    return ReportSection("Claims", text, blocks=[table])
+
+
+def per_expert_block(rows: list[dict[str, Any]]) -> str:
+    """Per setting and expert (ranked by usage): mean over seeds of the per-expert numbers."""
+    from crossdiff.report.html import html_table
+
+    header = [
+        "setting", "expert (by usage)", "models", "usage", "D*", "superposition", "represented",
+        "dedicated share", "monosemantic dims",
+    ]  # fmt: skip
+    body = [
+        [row["setting"], row["rank"], row["models"]] + [row[m] for m in aggregate.EXPERT_METRICS]
+        for row in rows
+    ]
+    caption = (
+        "Per expert, mean over seeds: usage share, D* = m/‖W‖², mean superposition "
+        "Σ_{j≠i}(Ŵ_i·W_j)² of its represented features, represented features (‖W_i‖ ≥ 0.5), "
+        "dedicated share (D_i ≥ 0.9) and monosemantic hidden-dimension fraction."
+    )
+    return html_table(header, body, caption=caption)
 
 
 def write_toy_report(
@@ -49,7 +104,7 @@ def write_toy_report(
     target = Path(out) / REPORT_DIR
     target.mkdir(parents=True, exist_ok=True)
     summary = build_summary(config, results)
-    sections = []
+    sections = [claims_section(summary["claims"])] if summary["claims"] else []
     phases = [(s["title"], s["phase"]) for s in summary["sweeps"].values() if "phase" in s]
     if phases:
         sections.append(
@@ -92,9 +147,11 @@ def write_toy_report(
             figs.append(figures.init_figure(rows, target / f"{name}_init.png"))
             for row in rows:
                 label = f"init {row['init']}, load balance {row['load_balance']:g}" + (
-                    "" if row["renormalise"] else ", not renormalised"
+                    ", renormalised" if row["renormalised"] else ", Switch weights"
                 )
-                table[label] = _mean_std_text(row, "specialisation", "monosemantic_fraction")
+                table[label] = _mean_std_text(
+                    row, "group_coverage", "specialisation", "router_uniformity"
+                )
         shown = aggregate.showcase(records)
         W_EHN = load_expert_weights(Path(out) / SWEEPS_DIR / name, shown)
         figs.append(figures.stick_figure(shown, target / f"{name}_sticks.png"))
@@ -105,7 +162,8 @@ def write_toy_report(
             f"m={c['d_hidden']}, E={c['n_experts']}, k={c['k']}, S={c['sparsity']}, "
             f"importance decay {c['importance_decay']}, init {c['init']}, seed {c['seed']}."
         )
-        sections.append(ReportSection(entry["title"], text, table, figs))
+        blocks = [per_expert_block(entry["per_expert"])]
+        sections.append(ReportSection(entry["title"], text, table, figs, blocks=blocks))
     atomic_write_json(target / SUMMARY, summary)
     write_report(target / REPORT, config.name, sections)
     return summary

@@ -87,7 +87,8 @@ def load_expert_weights(stage_dir: str | Path, record: dict[str, Any]) -> Any:
 
 
 def run_toy(config: ToyRunConfig, out: str | Path, device: str | None = None) -> dict[str, Any]:
-    """Run every unfinished sweep of ``config`` into ``out`` and write the report; the summary."""
+    """Run every unfinished sweep of ``config`` into ``out``, write the report and print each
+    listed claim's verdict; the summary."""
     from crossdiff.toy.report import write_toy_report
 
     out = Path(out)
@@ -104,4 +105,8 @@ def run_toy(config: ToyRunConfig, out: str | Path, device: str | None = None) ->
             continue
         print(f"toy: sweep {name!r}: {len(sweep.models())} models")
         results[name] = run_sweep(sweep, stage_dir, device, config.progress)
-    return write_toy_report(config, out, results)
+    summary = write_toy_report(config, out, results)
+    for verdict in summary["claims"]:
+        why = verdict["measured" if verdict["verdict"] == "not testable" else "statistic"]
+        print(f"toy: claim {verdict['claim']}: {verdict['verdict']} ({why})")
+    return summary

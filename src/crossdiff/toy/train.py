@@ -76,7 +76,7 @@ def train_batch(
     params = init_params(
         seeds, [c.n_experts for c in configs], [c.k for c in configs],
         [c.init for c in configs], first.n_features, first.d_hidden, first.group_size, device,
-        first.renormalise,
+        [c.renormalised for c in configs],
     )  # fmt: skip
     from_dense = [m for m, c in enumerate(configs) if c.init == "dense"]
     if from_dense:
