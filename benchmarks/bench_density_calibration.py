@@ -10,7 +10,8 @@ planted direction; two-sided p ≥ 0.05 for "no difference"), under the calibrat
 raw one (every firing of every live latent).
 
     .venv/bin/python benchmarks/bench_density_calibration.py     # the table in docs/crosscoder.md
-    .venv/bin/python benchmarks/bench_density_calibration.py --settings small small-null --seeds 2
+    .venv/bin/python benchmarks/bench_density_calibration.py --settings medium-l0.3 \
+        medium-l0.3-null --seeds 3                                 # the quickstart's λ
 """
 
 from __future__ import annotations
@@ -23,11 +24,30 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
-from crossdiff.crosscoder.calibration import run_calibration, small_setting
+from crossdiff.crosscoder.calibration import CalibrationSetting, run_calibration, small_setting
+from crossdiff.crosscoder.synthetic import PlantedConfig
+
+
+def medium(scale: tuple[float, float], name: str) -> CalibrationSetting:
+    """The issue's regime scaled down: 96 features in width 32 (48 shared, 24 + 24 exclusive),
+    dictionary 256, k 8 (≈ 4× L0), a designated block of 16, the quickstart's λ = 0.3 and a
+    learning rate of 3e-3, 1,000 steps of 256 tokens."""
+    planted = PlantedConfig(
+        d_models=(32, 32),
+        n_shared=48,
+        n_exclusive=(24, 24),
+        density_range=(0.005, 0.05),
+        exclusive_density_scale=scale,
+    )
+    options = dict(dict_size=256, k=8, n_shared=16, sparsity_coeff=0.3, lr=3e-3, steps=1000)
+    return CalibrationSetting(name, planted, **options)
+
 
 SETTINGS = {
     "small": small_setting((0.5, 2.0), "small"),
     "small-null": small_setting((1.0, 1.0), "small-null"),
+    "medium-l0.3": medium((0.5, 2.0), "medium-l0.3"),
+    "medium-l0.3-null": medium((1.0, 1.0), "medium-l0.3-null"),
 }
 """The planted cases (their seed is replaced by the run's)."""
 
@@ -44,7 +64,9 @@ def yes(flag: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument(
+        "--settings", nargs="+", default=["small", "small-null"], choices=list(SETTINGS)
+    )
     parser.add_argument("--seeds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -11,12 +11,12 @@ truth, so real runs are measured exactly as the benchmark is:
 
 1. **Weak firings** (``floor``). BatchTopK keeps k latents per token; when k exceeds the number
    of features present, the spare slots go to latents whose pre-activation is lifted by the
-   interference of other features. Every latent then fires 1.5–2× its feature's rate, exclusive
-   latents (which read one model's interference) more than shared ones, and these firings have
-   activations 10–20× below the latent's true ones. Rule: a firing counts when the activation
-   reaches ``floor`` (0.2) × the latent's reference activation, the median of its
-   ``reference_top`` (16) largest activations on the held-out tokens. Measured firings then
-   match the planted rates within a few percent in every class.
+   interference of other features, with activations far below the latent's real ones. Every
+   latent then fires more often than its feature (issue 21's planted run: 2.3× the planted rate
+   for the exclusive classes, 1.3× for shared), exclusive latents (which read one model's
+   interference) more than shared ones. Rule: a firing counts when the activation reaches
+   ``floor`` (0.2) × the latent's reference activation, the median of its ``reference_top``
+   (16) largest activations on the held-out tokens.
 2. **Weak latents** (``weak``). Latents matching no planted feature sit mostly in the shared
    class and fire rarely and faintly; they drag the shared median down. Rule: a latent is
    measured only if its peak contribution (reference activation × Σ_m ‖d_i^m‖, the normalised

@@ -83,14 +83,13 @@ class CalibrationSetting:
         )
 
     def train_config(self) -> TrainConfig:
-        """How it trains: warm-up min(50, steps/10), latents dead after 80 steps without
-        firing, aux-k on d_model/2 dead latents (the crosscoder stage's default)."""
+        """How it trains: as the crosscoder stage does (warm-up min(100, steps/10), aux-k on
+        d_model/2 dead latents), latents dead after ~100 steps without firing (the quickstart's)."""
         return TrainConfig(
             steps=self.steps,
             lr=self.lr,
-            warmup_steps=min(50, self.steps // 10),
-            dead_tokens=80 * self.batch_size,
-            aux_k=max(1, max(self.planted.d_models) // 2),
+            warmup_steps=min(100, self.steps // 10),
+            dead_tokens=100 * self.batch_size,
         )
 
 
