@@ -7,7 +7,7 @@ larger than the features and k above the data's L0, raw firing counts could not 
 
 - a firing counts only when the activation reaches 0.2 × the latent's reference activation (the
   median of its 16 largest held-out activations): k > L0 fills the spare slots with faint
-  firings, exclusive latents more than shared ones, inflating every latent 1.5–2×;
+  firings, exclusive latents more than shared ones, inflating every latent's count;
 - latents whose peak contribution (reference activation × Σ_m ‖d_i^m‖) is below 0.1 × the
   median are not measured: faint latents matching no feature sit in "shared" and drag its
   median down;
