@@ -152,3 +152,22 @@ def test_a_rule_out_of_range_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="weak"):
         DensityRule(weak=-0.1)
     assert "median of the latent's top 16" in CALIBRATED.describe()
+
+
+def test_exclusive_density_scale_plants_an_ordering_on_the_same_draw() -> None:
+    from crossdiff.crosscoder.synthetic import PlantedConfig, PlantedFeatures
+
+    base = PlantedConfig(n_shared=8, n_exclusive=(6, 6), density_range=(0.01, 0.04), seed=5)
+    plain = PlantedFeatures(base)
+    scaled = PlantedFeatures(
+        PlantedConfig(**{**base.__dict__, "exclusive_density_scale": (0.5, 2.0)})
+    )
+    classes = np.asarray(plain.classes)
+    ratio = (scaled.densities / plain.densities).numpy()
+    np.testing.assert_allclose(ratio[classes == "shared"], 1.0)
+    np.testing.assert_allclose(ratio[classes == "A_only"], 0.5)
+    np.testing.assert_allclose(ratio[classes == "B_only"], 2.0)
+    with pytest.raises(ConfigError, match="exclusive_density_scale has 1 entries"):
+        PlantedConfig(exclusive_density_scale=(0.5,))
+    with pytest.raises(ConfigError, match="model 'B'"):
+        PlantedConfig(density_range=(0.1, 0.6), exclusive_density_scale=(1.0, 2.0))
