@@ -30,7 +30,8 @@ HERE = Path(__file__).resolve().parent
 
 def sweep_point(run_dir: Path, config: Any, lam: float, steps: int | None) -> dict[str, Any]:
     """Train (or reuse) the crosscoder at ``lam`` and measure its classes and densities."""
-    from crossdiff_analyses.density import density_summary
+    from crossdiff.density import CALIBRATED, density_summary, measure_density
+    from crossdiff.latents import iter_store_batches
 
     settings = dataclasses.replace(
         config.crosscoder,
@@ -45,11 +46,19 @@ def sweep_point(run_dir: Path, config: Any, lam: float, steps: int | None) -> di
         heldout_store=run_dir / "activations" / "validation", models=tuple(config.models),
     )  # fmt: skip
     crosscoder = Crosscoder.from_pretrained(out / WEIGHTS_DIR)
-    scan = scan_latents(crosscoder, open_store(run_dir / "activations" / "validation"), top_n=1)
+    store = open_store(run_dir / "activations" / "validation")
+    scan = scan_latents(crosscoder, store, top_n=1)
     classes = latent_classes(crosscoder)
     alive = (scan.fires_L > 0).tolist()
     labels = ["shared", *(f"{m}_only" for m in crosscoder.cfg.models)]
-    density = density_summary(scan, classes, present=labels)
+    measurement = measure_density(
+        crosscoder,
+        lambda: iter_store_batches(crosscoder, store),
+        store.domains,
+        CALIBRATED,
+        classes,
+    )
+    density = density_summary(measurement, present=labels)
     return {
         "lambda": lam,
         "fve": metrics["fve"],

@@ -1,10 +1,26 @@
 """``density``: how often each latent fires on held-out tokens, by class and by domain.
 
-Each exclusive class is compared with the shared class by a two-sided Mann–Whitney U test on
-per-latent densities; the effect size is the rank-biserial correlation 2U/(n₁n₂) − 1, in [−1, 1]:
-positive when the exclusive class's latents fire MORE often than shared ones. Latents that never
-fired on the held-out tokens are excluded from the test (their density is not measured, only
-bounded) and counted separately.
+The measurement is calibrated on planted ground truth (:mod:`crossdiff.density` holds it and
+its reasons; docs/crosscoder.md "Calibrated density" its figures). In short, with a dictionary
+larger than the features and k above the data's L0, raw firing counts could not see a planted
+"exclusive sparser than shared", so:
+
+- a firing counts only when the activation reaches 0.2 × the latent's reference activation (the
+  median of its 16 largest held-out activations): k > L0 fills the spare slots with faint
+  firings, exclusive latents more than shared ones, inflating every latent's count;
+- latents whose peak contribution (reference activation × Σ_m ‖d_i^m‖) is below 0.1 × the
+  median are not measured: faint latents matching no feature sit in "shared" and drag its
+  median down;
+- the shared baseline is the emergent shared class; the designated block (sparsity weight 0.15,
+  absorbs dense exclusive features at a high λ) is reported but not tested.
+
+Each exclusive class is compared with the shared baseline by the Mann–Whitney U test on
+per-latent densities: two-sided ``p_value``, one-sided ``p_greater`` (the class fires more) and
+``p_less`` (it fires less); the effect size is the rank-biserial correlation 2U/(n₁n₂) − 1, in
+[−1, 1], positive when the exclusive class's latents fire MORE often than shared ones; ``ratio``
+is the ratio of the medians (class / shared) with a 95% bootstrap interval ``ratio_ci``. The
+summary records the rule (``baseline``) and, per class, how many latents were measured and why
+the others were not (``latents``).
 """
 
 from __future__ import annotations
@@ -13,103 +29,55 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from crossdiff.analysis import AnalysisResult, RunContext
-from crossdiff.crosscoder.classes import latent_classes
 from crossdiff.crosscoder.synthetic import only
+from crossdiff.density import (
+    CALIBRATED,
+    DensityMeasurement,
+    compare,
+    density_summary,
+    mann_whitney,
+    measure_density,
+)
 from crossdiff.figures import new_figure, save_figure
-from crossdiff.latents import LatentScan, scan_latents
+from crossdiff.latents import iter_store_batches
 from crossdiff_analyses._inputs import heldout_store, load_crosscoder
 
 SHARED = "shared"
+__all__ = ["Density", "compare", "density_summary", "mann_whitney", "measure_density"]
 
 
 class Density:
     """Per-latent firing frequency; distributions per class and domain; rank tests."""
 
     def run(self, context: RunContext) -> AnalysisResult:
-        """Scan the held-out store and compare the classes' densities."""
+        """Measure the held-out densities (calibrated rule) and compare the classes."""
         crosscoder = load_crosscoder(context)
-        scan = scan_latents(crosscoder, heldout_store(context), top_n=1)
-        classes = latent_classes(crosscoder)
+        store = heldout_store(context)
+        measurement = measure_density(
+            crosscoder, lambda: iter_store_batches(crosscoder, store), store.domains, CALIBRATED
+        )
         labels = [SHARED, *(only(name) for name in crosscoder.cfg.models)]
-        summary = density_summary(scan, classes, labels)
+        summary = density_summary(measurement, labels)
         figures = {
-            "density_per_class": _class_histogram(scan, classes),
+            "density_per_class": _class_histogram(measurement),
             "density_per_domain": _domain_bars(summary),
         }
         return AnalysisResult(summary, figures)
 
 
-def density_summary(
-    scan: LatentScan, classes: list[str], present: list[str] | None = None
-) -> dict[str, Any]:
-    """Medians per class (overall and per domain) and each exclusive class vs shared.
-
-    ``present`` lists the classes to report (every one appears, None where it has no latent);
-    by default the classes that occur.
-    """
-    labels = np.asarray(classes)
-    density = scan.density_L.numpy()
-    present = present or sorted(set(classes), key=lambda c: (c != SHARED, c))
-    summary: dict[str, Any] = {
-        "tokens": scan.n_tokens,
-        "median": {c: _median(density[(labels == c) & (density > 0)]) for c in present},
-        "mean": {c: _mean(density[labels == c]) for c in present},
-        "never_fired": {c: int(((labels == c) & (density == 0)).sum()) for c in present},
-        "per_domain_median": {
-            domain: {
-                c: _median(scan.domain_density(domain).numpy()[(labels == c) & (density > 0)])
-                for c in present
-            }
-            for domain in scan.domain_tokens
-        },
-        "tests": {},
-    }
-    shared = density[(labels == SHARED) & (density > 0)]
-    for label in present:
-        if label == SHARED:
-            continue
-        summary["tests"][f"{label}_vs_shared"] = mann_whitney(
-            density[(labels == label) & (density > 0)], shared
-        )
-    return summary
-
-
-def mann_whitney(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-    """Two-sided Mann–Whitney U of ``x`` vs ``y`` with the rank-biserial effect size."""
-    from scipy.stats import mannwhitneyu
-
-    if len(x) == 0 or len(y) == 0:
-        return {"p_value": None, "effect_size": None, "n": [len(x), len(y)], "u": None}
-    u, p = mannwhitneyu(x, y, alternative="two-sided")
-    return {
-        "p_value": float(p),
-        "effect_size": float(2 * u / (len(x) * len(y)) - 1),
-        "n": [len(x), len(y)],
-        "u": float(u),
-    }
-
-
-def _mean(values: np.ndarray) -> float | None:
-    return float(values.mean()) if len(values) else None
-
-
-def _median(values: np.ndarray) -> float | None:
-    return float(np.median(values)) if len(values) else None
-
-
-def _class_histogram(scan: LatentScan, classes: list[str]):
+def _class_histogram(measurement: DensityMeasurement):
     def draw(path: Path) -> None:
-        density = scan.density_L
+        density = measurement.density_L
+        classes = np.asarray(measurement.classes)
         figure = new_figure(6, 3.5)
         axes = figure.subplots()
-        floor = 1.0 / max(scan.n_tokens, 1)
+        floor = 1.0 / max(measurement.n_tokens, 1)
         bins = np.linspace(np.log10(floor), 0, 41)
-        for label in sorted(set(classes)):
-            mask = torch.tensor([c == label for c in classes]) & (density > 0)
-            values = np.log10(density[mask].numpy())
+        for label in sorted(set(measurement.classes)):
+            mask = (classes == label) & measurement.measured_L & (density > 0)
+            values = np.log10(density[mask])
             axes.hist(
                 values,
                 bins=bins,
@@ -118,7 +86,7 @@ def _class_histogram(scan: LatentScan, classes: list[str]):
                 density=True,
                 label=f"{label} ({int(mask.sum())})",
             )
-        axes.set_xlabel("log10 firing frequency on held-out tokens")
+        axes.set_xlabel("log10 firing frequency on held-out tokens (measured latents)")
         axes.set_ylabel("share of latents (density)")
         axes.legend()
         save_figure(figure, path)

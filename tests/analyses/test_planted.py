@@ -9,6 +9,7 @@ from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
 from crossdiff.crosscoder.classes import latent_classes
 from crossdiff.crosscoder.synthetic import PlantedConfig, PlantedFeatures
 from crossdiff.crosscoder.train import train
+from crossdiff.density import CALIBRATED, measure_density
 from crossdiff.latents import scan_batches
 from crossdiff_analyses.density import density_summary
 from crossdiff_analyses.feature_classes import classify, latent_scaling, scaling_summary
@@ -71,8 +72,10 @@ def test_feature_classes_recover_the_planted_class_counts(trained) -> None:
 @pytest.mark.slow
 def test_density_recovers_the_planted_order_and_tests_it(trained) -> None:
     model, planted = trained
-    scan = scan_batches(model, heldout_batches(planted), DOMAINS, top_n=1)
-    summary = density_summary(scan, latent_classes(model))
+    measurement = measure_density(
+        model, lambda: heldout_batches(planted), DOMAINS, CALIBRATED, latent_classes(model)
+    )
+    summary = density_summary(measurement)
     median = summary["median"]
     assert median["B_only"] < median["shared"] < median["A_only"]
     for label in ("A_only", "B_only"):
@@ -83,6 +86,9 @@ def test_density_recovers_the_planted_order_and_tests_it(trained) -> None:
     assert tests["B_only_vs_shared"]["effect_size"] < -0.5
     assert tests["A_only_vs_shared"]["p_value"] < 1e-3
     assert tests["B_only_vs_shared"]["p_value"] < 1e-3
+    assert tests["A_only_vs_shared"]["p_greater"] < 1e-3 < tests["A_only_vs_shared"]["p_less"]
+    assert tests["B_only_vs_shared"]["p_less"] < 1e-3 < tests["B_only_vs_shared"]["p_greater"]
+    assert tests["A_only_vs_shared"]["ratio"] > 1 > tests["B_only_vs_shared"]["ratio"]
     assert set(summary["per_domain_median"]) == set(DOMAINS)
     assert summary["tokens"] == 20_000
 

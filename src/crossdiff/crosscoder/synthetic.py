@@ -79,6 +79,11 @@ class PlantedConfig:
     """Chance that a pair's second feature copies the first's firing (else it fires alone)."""
     subsets: tuple[tuple[tuple[str, ...], int], ...] = ()
     """(model subset, count): features living in exactly those models (for three or more)."""
+    exclusive_density_scale: tuple[float, ...] = ()
+    """Per model (empty: none): the densities drawn for that model's ``n_exclusive`` features
+    are multiplied by this factor, so an ordering against the shared features is planted with
+    the same shape of distribution: 0.5 is "half as dense", 2 "twice", 1 "no difference"
+    (with ``exclusive_density_range`` unset, the medians' ratio is the factor)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -96,6 +101,20 @@ class PlantedConfig:
         for lo, hi in (self.density_range, self.exclusive_density_range or self.density_range):
             if not 0 < lo <= hi <= 1:
                 raise ConfigError(f"density ranges must satisfy 0 < lo <= hi <= 1, got {lo, hi}")
+        scale = tuple(float(x) for x in self.exclusive_density_scale)
+        object.__setattr__(self, "exclusive_density_scale", scale)
+        if scale and len(scale) != n:
+            raise ConfigError(
+                f"exclusive_density_scale has {len(scale)} entries for {n} models "
+                f"{list(self.models)}, got {list(scale)}"
+            )
+        hi = (self.exclusive_density_range or self.density_range)[1]
+        for model, factor in zip(self.models, scale, strict=False):
+            if not 0 < factor * hi <= 1:
+                raise ConfigError(
+                    f"exclusive_density_scale of model {model!r} is {factor}: it must be > 0 and "
+                    f"keep the densest exclusive feature ({hi} x {factor}) at most 1"
+                )
 
 
 class PlantedFeatures:
@@ -132,6 +151,10 @@ class PlantedFeatures:
         lo, hi = lo_hi[:, 0], lo_hi[:, 1]
         self.densities = torch.exp(torch.log(lo) + u * torch.log(hi / lo))
         """``[F]`` firing probability of each feature."""
+        start = n_common
+        for factor, n in zip(cfg.exclusive_density_scale, cfg.n_exclusive, strict=False):
+            self.densities[start : start + n] *= factor
+            start += n
         for first, second in self.pairs:
             self.densities[second] = self.densities[first]
         self.scales: dict[str, torch.Tensor] = {

@@ -92,7 +92,7 @@ def build_summary(run: Run, warnings: list[str] | None = None) -> dict[str, Any]
         summary["density"] = {
             "median": density["median"],
             "tests": {
-                name: {"p_value": t["p_value"], "effect_size": t["effect_size"]}
+                name: {key: t.get(key) for key in DENSITY_TEST_KEYS}
                 for name, t in density["tests"].items()
             },
         }
@@ -100,6 +100,10 @@ def build_summary(run: Run, warnings: list[str] | None = None) -> dict[str, Any]
     if moe:
         summary["moe"] = moe
     return summary
+
+
+DENSITY_TEST_KEYS = ("p_value", "p_greater", "p_less", "effect_size", "ratio", "ratio_ci", "n")
+"""The entries of each density test that summary.json keeps (docs/results-schema.md)."""
 
 
 # ---------------------------------------------------------------- MoE analyses (docs: "moe.*")
