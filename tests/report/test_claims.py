@@ -370,3 +370,39 @@ def test_a_summary_of_undefined_values_gives_not_testable_and_no_exception() -> 
         assert claim.p_value is None and claim.p_adjusted is None
         assert not any(isinstance(v, float) and math.isnan(v) for v in claim.as_dict().values())
     assert run_claims({}) == []
+
+
+def test_collapsed_routing_and_identical_sequences_through_a_model_give_not_testable() -> None:
+    """The real chain: a TransformerLens MoE whose router is zeroed (every token to the same
+    experts), and held-out batches whose sequences are all the same."""
+    from crossdiff.adapters import adapt
+    from crossdiff.pipeline.report import similarity_summary
+    from crossdiff.plugins import create_plugin_manager
+    from crossdiff_analyses.routing_similarity import SimilaritySettings, model_similarity
+    from tests.adapters.tiny_models import VOCAB, tl_model
+
+    model = tl_model(moe=True)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mlp.W_gate.weight.zero_()
+    adapter = adapt(model, create_plugin_manager())
+    g = torch.Generator().manual_seed(0)
+    batches = {d: [torch.randint(3, VOCAB, (6, 12), generator=g)] for d in ("a", "b")}
+    settings = SimilaritySettings(pairs=300, bins=4, prompts=6, prompt_tokens=6, new_tokens=4)
+    summary, _ = model_similarity("m", adapter, batches, settings)
+    data = {"models": {"m": summary}, "cross_model": {}}
+    claims = run_claims({"moe": {"routing_similarity": similarity_summary(data)}})
+    verdicts = {c.claim.split("(")[0]: c.verdict for c in claims}
+    assert _by_claim(claims, "two tokens").verdict == "not testable"
+    assert _by_claim(claims, "sequences'").verdict == "not testable"
+    assert _by_claim(claims, "deepest layer").verdict == "holds", verdicts  # it IS collapsed
+    # identical sequences: one row repeated in both domains
+    row = torch.randint(3, VOCAB, (1, 12), generator=g)
+    same = {d: [row.repeat(6, 1)] for d in ("a", "b")}
+    summary, _ = model_similarity("m", adapt(tl_model(moe=True), create_plugin_manager()), same,
+                                  settings)  # fmt: skip
+    data = {"models": {"m": summary}, "cross_model": {}}
+    claims = run_claims({"moe": {"routing_similarity": similarity_summary(data)}})
+    assert _by_claim(claims, "sequences'").verdict == "not testable"
+    prompt = _by_claim(claims, "prompt")
+    assert prompt.verdict == "not testable" and "1 distinct prompt" in prompt.statistic
