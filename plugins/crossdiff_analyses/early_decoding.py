@@ -314,10 +314,14 @@ def _cosine_figure(name: str, summary: dict[str, Any]):
                 v for k, v in stats.items() if k not in ("top_k", "no_routed_experts")
             )
             ns = [int(n) for n in variant]
+            baseline = stats.get("no_routed_experts") or {}
             for ax, key in zip(axes, ("contribution_cosine", "hidden_cosine"), strict=True):
-                ax.plot(ns, [variant[str(n)][key] for n in ns], marker="o", label=f"layer {layer}")
-        for ax, title in zip(axes, ("cos(top-n, all K contributions)", "cos(hidden states)"),
-                             strict=True):  # fmt: skip
+                xs, ys = ns, [variant[str(n)][key] for n in ns]
+                if key == "hidden_cosine" and "hidden_cosine" in baseline:  # n = 0: no expert
+                    xs, ys = [0, *xs], [baseline["hidden_cosine"], *ys]
+                ax.plot(xs, ys, marker="o", label=f"layer {layer}")
+        titles = ("cos(top-n, all K contributions)", "cos(hidden states), n = 0: no routed expert")
+        for ax, title in zip(axes, titles, strict=True):
             ax.set_xlabel("experts kept n")
             ax.set_title(f"{name}: {title}", fontsize=9)
             ax.legend(fontsize=7)

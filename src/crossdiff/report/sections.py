@@ -25,7 +25,8 @@ CAPTIONS = {
     "average when the latent fires; blue, less.",
     "cosine_vs_n": "Cosine between the hidden state (or the MoE contribution) with only the top n "
     "experts kept and the model's own, per layer: how well the top expert approximates the "
-    "mixture.",
+    "mixture. n = 0 (hidden panel) removes every routed expert: the residual stream alone; the "
+    "top expert matters only as far as it rises above that.",
     "perplexity_vs_n": "Held-out perplexity when every MoE layer keeps only its top n experts: "
     "the cost of dropping the rest.",
     "similarity_overlap": "Top-k overlap of token pairs against the cosine of their router "
