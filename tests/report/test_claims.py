@@ -406,3 +406,26 @@ def test_collapsed_routing_and_identical_sequences_through_a_model_give_not_test
     assert _by_claim(claims, "sequences'").verdict == "not testable"
     prompt = _by_claim(claims, "prompt")
     assert prompt.verdict == "not testable" and "1 distinct prompt" in prompt.statistic
+
+
+def test_the_claims_table_example_prints_every_claim(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    claims = run_claims(_features(54, 17, {"m_only_vs_shared": _density_test(0.5, 0.0, 1)}))
+    (tmp_path / "report").mkdir()
+    summary = {"claims": [c.as_dict() for c in claims]}
+    (tmp_path / "report" / "summary.json").write_text(json.dumps(summary))
+    script = Path(__file__).resolve().parents[2] / "examples" / "claims_table.py"
+    result = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.strip().splitlines()[2:]
+    assert len(rows) == 2
+    assert rows[0].endswith("| **holds** |") and f"{claims[0].p_value:.2g} / " in rows[0]
+    assert rows[1].endswith("| **not testable** |") and "| – |" in rows[1]
+    missing = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")],
+                             capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
