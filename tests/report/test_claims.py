@@ -429,3 +429,20 @@ def test_the_claims_table_example_prints_every_claim(tmp_path) -> None:
     missing = subprocess.run([sys.executable, str(script), str(tmp_path / "nowhere")],
                              capture_output=True, text=True)  # fmt: skip
     assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_the_depth_trend_is_reported_and_every_layer_must_pass() -> None:
+    def layer(rho: float, p: float) -> dict[str, Any]:
+        return {"spearman_within": rho, "spearman_within_p": p, "pairs_within": 5000,
+                "spearman_within_ci": [rho - 0.05, rho + 0.05]}  # fmt: skip
+
+    rising = {str(i): layer(0.1 * (i + 1), 1e-5) for i in range(4)}
+    summary = {"moe": {"routing_similarity": {"m": rising}}}
+    claim = _by_claim(run_claims(summary), "two tokens")
+    assert claim.verdict == "holds" and "depth trend ρ(layer, value) = +1.00" in claim.measured
+    assert "0: 0.10, 1: 0.20, 2: 0.30, 3: 0.40" in claim.measured
+    # one layer's test fails: the claim "in every layer" takes that layer's p
+    rising["3"] = layer(0.02, 0.3)
+    claim = _by_claim(run_claims(summary), "two tokens")
+    assert claim.verdict == "does not hold" and claim.p_value == 0.3
+    assert "layer 3" in claim.statistic

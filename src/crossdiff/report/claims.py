@@ -443,7 +443,9 @@ def rho_claim(model: str, data: dict, layers: list[str], key: str, n_key: str, w
         f"independent units, Holm p < {ALPHA}; ≥ {MIN_PAIRS} pairs per layer)"
     )
     rho = [finite(data[layer].get(key)) for layer in layers]
-    measured = f"ρ {_span(rho)} over layers {layers[0]}–{layers[-1]}"
+    measured = "ρ by layer " + ", ".join(
+        f"{layer}: {_g(r, '.2f')}" for layer, r in zip(layers, rho, strict=True)
+    )
     undefined = [layer for layer, r in zip(layers, rho, strict=True) if r is None]
     if undefined:
         reason = (
