@@ -348,17 +348,19 @@ def test_a_summary_of_undefined_values_gives_not_testable_and_no_exception() -> 
     nan = float("nan")
     summary = {
         "models": {"d": {"arch": "dense"}, "m": {"arch": "moe"}},
-        "features": {"counts": {"d_only": None, "m_only": None}},
-        "density": {"median": {}, "tests": {"m_only_vs_shared": None, "d_only_vs_shared": {}}},
+        "features": {"counts": {"d_only": None, "m_only": nan}},
+        "density": {"median": {}, "tests": {"m_only_vs_shared": None,
+                                            "d_only_vs_shared": {"n": [nan, None]}}},
         "moe": {
             "early_decoding": {"m": {"cosine": {"0": {"1": {"hidden": None}}},
                                      "perplexity_increase": {"code": {"1": nan}}}},
             "routing": {"m": {"0": {"uniform_share": 0.25, "code": {"top_share": None}}}},
             "routing_similarity": {
-                "m": {"0": {"spearman_within": None, "sequence_spearman": nan, "ratio": None,
-                            "prompt_own_continuation": None, "prompt_advantages": [nan]}},
-                "cross_model": {"m|n": {"0|0": {"matched_overlap": nan,
-                                                "different_input_overlap": None}}},
+                "m": {"0": {"spearman_within": 0.3, "pairs_within": nan, "sequence_spearman": nan,
+                            "ratio": None, "prompt_own_continuation": None,
+                            "prompt_advantages": [nan], "distinct_prompts": nan}},
+                "cross_model": {"m|n": {"0|0": {"matched_overlap": 0.5, "sequences": nan,
+                                                "different_input_overlap": 0.2}}},
             },
         },
     }  # fmt: skip

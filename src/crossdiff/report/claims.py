@@ -180,7 +180,7 @@ def feature_claims(summary: dict[str, Any]) -> list[Claim]:
     counts = (summary.get("features") or {}).get("counts") or {}
     if dense is None or moe is None or not counts:
         return []
-    a, b = int(counts.get(f"{dense}_only") or 0), int(counts.get(f"{moe}_only") or 0)
+    a, b = _count(counts.get(f"{dense}_only")), _count(counts.get(f"{moe}_only"))
     text = (
         f"{moe} learns fewer exclusive latents than {dense} "
         f"(one-sided binomial test of the {a + b} exclusive latents, Holm p < {ALPHA})"
@@ -224,7 +224,7 @@ def density_claim(name: str, direction: int, test: dict[str, Any], median: dict)
     sizes = test.get("n")
     if not isinstance(sizes, list | tuple) or len(sizes) != 2:
         return not_testable("seed paper", text, measured, "the class sizes were not recorded")
-    n_class, n_shared = (int(s or 0) for s in sizes)
+    n_class, n_shared = (_count(s) for s in sizes)
     measured += f"; {n_class} vs {n_shared} live latents"
     if min(n_class, n_shared) < MIN_CLASS_LATENTS:
         reason = f"{min(n_class, n_shared)} live latents in a class, fewer than {MIN_CLASS_LATENTS}"
@@ -346,7 +346,7 @@ def routing_claims(model: str, data: dict[str, Any]) -> list[Claim]:
         for domain, d in stats.items():
             if not isinstance(d, dict) or domain == "all":
                 continue
-            tokens = d.get("tokens")
+            tokens = finite(d.get("tokens"))
             if tokens is not None and tokens < MIN_DOMAIN_TOKENS:
                 small.append(f"{domain} ({tokens} tokens)")
             share, elsewhere = finite(d.get("top_share")), finite(d.get("top_share_elsewhere"))
@@ -454,12 +454,12 @@ def rho_claim(model: str, data: dict, layers: list[str], key: str, n_key: str, w
         )
         return not_testable("routing similarity", text, measured, reason)
     measured += _trend(layers, rho)
-    sizes = [data[layer].get(n_key) for layer in layers]
+    sizes = [finite(data[layer].get(n_key)) for layer in layers]
     if any(s is None for s in sizes):
         return not_testable(
             "routing similarity", text, measured, "the number of pairs was not recorded"
         )
-    n = min(int(s) for s in sizes)
+    n = min(_count(s) for s in sizes)
     if n < MIN_PAIRS:
         return not_testable("routing similarity", text, measured, f"{n} pairs < {MIN_PAIRS}", n)
     p_values = [finite(data[layer].get(f"{key}_p")) for layer in layers]
@@ -498,7 +498,8 @@ def prompt_claim(model: str, layer: str, stats: dict[str, Any]) -> Claim:
     other = finite(stats.get("prompt_other_continuations"))
     measured = f"layer {layer}: own {_g(own, '.2f')} vs others {_g(other, '.2f')}"
     advantages = [finite(a) for a in stats.get("prompt_advantages") or []]
-    distinct = stats.get("distinct_prompts")
+    distinct = finite(stats.get("distinct_prompts"))
+    distinct = None if distinct is None else int(distinct)
     if distinct is not None and distinct < MIN_GROUPS:
         reason = f"{distinct} distinct prompt(s) (identical sequences?) < {MIN_GROUPS}"
         return not_testable("routing similarity", text, measured, reason, distinct)
@@ -537,8 +538,7 @@ def cross_model_claims(pair: str, data: dict[str, Any]) -> list[Claim]:
     )
     if any(v is None for v in same + other):
         return [not_testable("routing similarity", text, measured, "an overlap is undefined")]
-    sizes = [(v or {}).get("sequences") or 0 for v in layers.values()]
-    n = min(int(s) for s in sizes)
+    n = min(_count((v or {}).get("sequences")) for v in layers.values())
     if n < MIN_GROUPS:
         return [
             not_testable("routing similarity", text, measured, f"{n} sequences < {MIN_GROUPS}", n)
@@ -565,6 +565,12 @@ def _trend(layers: list[str], values: list[float | None]) -> str:
         return ""
     rho = float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic)
     return f"; depth trend ρ(layer, value) = {rho:+.2f}"
+
+
+def _count(value: Any) -> int:
+    """A count from the summary; 0 if it is missing or not a finite number."""
+    number = finite(value)
+    return 0 if number is None else int(number)
 
 
 def _ratio(a: int, b: int) -> str:

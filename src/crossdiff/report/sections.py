@@ -363,6 +363,11 @@ def routing(run: Any, summary: dict[str, Any]) -> ReportSection:
                 f"share of the domain's tokens routed to its busiest expert "
                 f"(uniform: {uniform:.3g})",
             ),
+            (
+                "top_share_elsewhere",
+                "the same expert's share of the other domains' tokens (a domain-specific expert "
+                "has it well below its share on the domain)",
+            ),
             ("experts_for_half", "fewest experts covering half of the domain's routing decisions"),
             ("entropy", "routing entropy / log E (1 = uniform)"),
         ):
