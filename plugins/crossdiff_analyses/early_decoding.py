@@ -20,6 +20,13 @@ tokens (every quantity compares the SAME token's vectors):
   same argmax, and KL(lens(h_K) ‖ lens(h_n)) in nats;
 - ``final_top1_agreement`` / ``final_kl``: the restricted model's final logits vs the full model's.
 
+The **no-routed-expert baseline** (``no_routed_experts``, per layer): the same comparison with
+every routed expert of L removed (k = 0; shared experts kept), h_0 = u_t + s_t: ``hidden_cosine``
+cos(h_0, h_K), ``block_cosine`` cos(s_t, b_K), ``lens_kl`` and ``lens_top1_agreement``. The
+residual stream alone keeps cos(h_0, h_K) high (≈ 0.97 in the quickstart's MoE), so a top-1
+cosine means little until set against it: the report's claim asks how much of the gap
+1 − cos(h_0, h_K) the top-1 expert closes.
+
 ``perplexity``: per domain, exp of the mean next-token cross-entropy when EVERY MoE layer keeps
 only its top-n (n = 1..min K). Each is computed with the kept weights as routed
 (``as_routed``) and rescaled to the K weights' sum (``renormalised``).
@@ -140,6 +147,44 @@ def layer_token_metrics(
     return out
 
 
+BASELINE_METRICS = ("hidden_cosine", "block_cosine", "lens_kl", "lens_top1_agreement")
+
+
+def no_expert_token_metrics(
+    adapter: ModelAdapter, tokens: torch.Tensor, layer: int
+) -> dict[str, torch.Tensor]:
+    """Metric -> ``[T]`` per-token values with every routed expert of ``layer`` removed (k = 0,
+    shared experts kept) against the model's own hidden state (:data:`BASELINE_METRICS`)."""
+    opened = adapter.expert_outputs(tokens, layer)
+    shared = torch.zeros_like(opened.block_output)
+    if opened.shared_output is not None:
+        shared = opened.shared_output.to(opened.block_output.dtype)
+    hidden_full = adapter.capture(tokens, [f"{layer}.resid_post"])[f"{layer}.resid_post"]
+    hidden_full = hidden_full.reshape(opened.block_output.shape)  # [T, D]
+    hidden_none = hidden_full - opened.block_output + shared  # u + s
+    lens_kl, lens_top1 = kl_and_agreement(
+        adapter.unembed(hidden_full), adapter.unembed(hidden_none)
+    )
+    return {
+        "hidden_cosine": cosine(hidden_none, hidden_full),
+        "block_cosine": cosine(shared, opened.block_output),
+        "lens_kl": lens_kl,
+        "lens_top1_agreement": lens_top1,
+    }
+
+
+def no_expert_metrics(
+    adapter: ModelAdapter, batches: Sequence[torch.Tensor], layer: int
+) -> dict[str, float]:
+    """Metric -> mean over every token of ``batches`` of :func:`no_expert_token_metrics`."""
+    sums, count = dict.fromkeys(BASELINE_METRICS, 0.0), 0
+    for tokens in batches:
+        for key, values in no_expert_token_metrics(adapter, tokens, layer).items():
+            sums[key] += float(values.sum())
+        count += tokens.numel()
+    return {key: value / max(count, 1) for key, value in sums.items()}
+
+
 def layer_metrics(
     adapter: ModelAdapter,
     batches: Sequence[torch.Tensor],
@@ -205,7 +250,10 @@ def model_early_decoding(
         layer_ns = ns or list(range(1, adapter.top_k(layer) + 1))
         flags = [VARIANTS[v] for v in settings.variants]
         means = layer_metrics(adapter, every, layer, layer_ns, flags)
-        per_layer[str(layer)] = {"top_k": adapter.top_k(layer)}
+        per_layer[str(layer)] = {
+            "top_k": adapter.top_k(layer),
+            "no_routed_experts": no_expert_metrics(adapter, every, layer),
+        }
         for variant in settings.variants:
             per_layer[str(layer)][variant] = means[VARIANTS[variant]]
     perplexity: dict[str, Any] = {}
@@ -262,12 +310,18 @@ def _cosine_figure(name: str, summary: dict[str, Any]):
         figure = new_figure(7, 3)
         axes = figure.subplots(1, 2)
         for layer, stats in summary["layers"].items():
-            variant = stats.get("as_routed") or next(v for k, v in stats.items() if k != "top_k")
+            variant = stats.get("as_routed") or next(
+                v for k, v in stats.items() if k not in ("top_k", "no_routed_experts")
+            )
             ns = [int(n) for n in variant]
+            baseline = stats.get("no_routed_experts") or {}
             for ax, key in zip(axes, ("contribution_cosine", "hidden_cosine"), strict=True):
-                ax.plot(ns, [variant[str(n)][key] for n in ns], marker="o", label=f"layer {layer}")
-        for ax, title in zip(axes, ("cos(top-n, all K contributions)", "cos(hidden states)"),
-                             strict=True):  # fmt: skip
+                xs, ys = ns, [variant[str(n)][key] for n in ns]
+                if key == "hidden_cosine" and "hidden_cosine" in baseline:  # n = 0: no expert
+                    xs, ys = [0, *xs], [baseline["hidden_cosine"], *ys]
+                ax.plot(xs, ys, marker="o", label=f"layer {layer}")
+        titles = ("cos(top-n, all K contributions)", "cos(hidden states), n = 0: no routed expert")
+        for ax, title in zip(axes, titles, strict=True):
             ax.set_xlabel("experts kept n")
             ax.set_title(f"{name}: {title}", fontsize=9)
             ax.legend(fontsize=7)

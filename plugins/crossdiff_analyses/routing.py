@@ -6,7 +6,11 @@ Definitions (``T_D`` tokens of domain D, ``K`` experts chosen per token out of `
   The shares of a domain sum to K (each token is counted by its K experts); uniform routing gives
   K/E to every expert.
 - **experts for half**: the fewest experts whose routing decisions (token, slot pairs) cover at
-  least half of the domain's T_D·K decisions, taking the busiest experts first.
+  least half of the domain's T_D·K decisions, taking the busiest experts first; uniform routing
+  needs ⌈E/2⌉ (``uniform_experts_for_half``).
+- **share elsewhere** of D's busiest expert e*: its share of the tokens of every OTHER domain,
+  pooled (None with one domain). A domain-specific expert has a share on D well above it; a
+  router whose busiest expert is the same everywhere has both shares alike.
 - **normalised entropy**: H(p)/log E of p_e = N_{e,D} / (K·N_D); 1 for uniform routing.
 - **co-activation**: P(j ∈ top-k | i ∈ top-k) over all tokens (diagonal 1; NaN for unused i),
   and its lift over independent routing, P(i and j) / (P(i)·P(j)).
@@ -91,8 +95,8 @@ def coactivation(topk_indices: torch.Tensor, n_experts: int) -> tuple[np.ndarray
     return conditional, lift
 
 
-def domain_statistics(shares: np.ndarray, top_k: int) -> dict[str, Any]:
-    """The per-domain numbers of the summary from that domain's ``[E]`` shares."""
+def domain_statistics(shares: np.ndarray, top_k: int, tokens: int | None = None) -> dict[str, Any]:
+    """The per-domain numbers of the summary from that domain's ``[E]`` shares (of ``tokens``)."""
     top = int(np.argmax(shares))
     return {
         "share": [float(s) for s in shares],
@@ -101,6 +105,7 @@ def domain_statistics(shares: np.ndarray, top_k: int) -> dict[str, Any]:
         "experts_for_half": experts_for_coverage(shares),
         "entropy": normalised_entropy(shares),
         "share_sum": float(np.sum(shares)),
+        "tokens": tokens,
     }
 
 
@@ -110,16 +115,30 @@ def layer_statistics(
     """Every statistic of one layer from ``[T, K]`` choices and ``[T]`` domain labels."""
     top_k = topk_indices.shape[1]
     per_domain = {}
-    for domain in [*sorted(set(domains.tolist())), ALL]:
-        rows = torch.as_tensor(domains == domain) if domain != ALL else slice(None)
-        per_domain[str(domain)] = domain_statistics(
-            expert_shares(topk_indices[rows], n_experts), top_k
+    names = sorted(set(domains.tolist()))
+    for domain in [*names, ALL]:
+        mask = domains == domain if domain != ALL else np.ones(len(domains), dtype=bool)
+        stats = domain_statistics(
+            expert_shares(topk_indices[torch.as_tensor(mask)], n_experts), top_k, int(mask.sum())
         )
+        if domain != ALL:
+            others = ~mask
+            stats["top_share_elsewhere"] = (
+                float(
+                    expert_shares(topk_indices[torch.as_tensor(others)], n_experts)[
+                        stats["top_expert"]
+                    ]
+                )
+                if others.any()
+                else None
+            )
+        per_domain[str(domain)] = stats
     conditional, lift = coactivation(topk_indices, n_experts)
     return {
         "n_experts": n_experts,
         "top_k": top_k,
         "uniform_share": top_k / n_experts,
+        "uniform_experts_for_half": experts_for_coverage(np.full(n_experts, top_k / n_experts)),
         "domains": per_domain,
         "coactivation": _json_matrix(conditional),
         "coactivation_lift": _json_matrix(lift),

@@ -13,6 +13,10 @@ should choose similar top-k sets. Definitions (``S_t`` token t's K chosen expert
 - **sequence level**: cos of mean-pooled router inputs of two sequences against the overlap of
   their expert-usage distributions u_s[e] = (choices of e in s) / (K·P), measured as the
   histogram intersection Σ_e min(u_a[e], u_b[e]) (1 − total-variation distance; 1: identical use).
+- **tests of ρ > 0**: pairs share tokens and tokens share sequences, so each ρ is tested with
+  sequences as the independent units: a grouped jackknife over 10 random groups of sequences
+  gives a standard error, ``spearman_p`` (one-sided, ρ > 0) and ``spearman_ci`` (95%)
+  (:func:`spearman_test`).
 - **collapse**: the token overlap across domains against a shuffled-routing baseline (each token's
   expert labels permuted at random, which destroys any preference shared by unrelated tokens;
   its expectation is K/E), their ratio, and the **mean-direction share** of the router inputs,
@@ -21,13 +25,18 @@ should choose similar top-k sets. Definitions (``S_t`` token t's K chosen expert
 - **cross-model**, for every pair of MoE models (same tokens) and every pair of their MoE layers:
   experts matched one to one by the Hungarian method on the co-activation counts
   C[i, j] = #tokens with i ∈ S^A and j ∈ S^B (``scipy.optimize.linear_sum_assignment``), fitted
-  on the first half of the tokens and scored on the second: the mean |π(S^A) ∩ S^B| / min(K_A, K_B),
-  beside the same without matching and the chance level K_A·K_B / (E_B·min(K_A, K_B)).
+  on a random half of the sequences (seeded) and scored on the other half: the mean
+  |π(S^A) ∩ S^B| / min(K_A, K_B) on the same input, beside the same without matching, the chance
+  level K_A·K_B / (E_B·min(K_A, K_B)), and the matched overlap on DIFFERENT input (each token of A
+  against a random token of another sequence in B), with a one-sided t-test over the scored
+  sequences of same > different (the seed's comparison).
 - **prompt vs continuation**: ``prompts`` held-out prompts of ``prompt_tokens`` tokens (chosen
   seeded; default half a sequence) are continued greedily by ``new_tokens`` tokens (default the
   other half) through the adapter's logits (every adapter has this generate path); the
   usage distribution of a prompt's tokens against that of its own continuation, of other
-  prompts' continuations, and of other prompts (histogram intersection as above).
+  prompts' continuations, and of other prompts (histogram intersection as above); per prompt,
+  its ``advantages`` (own minus the mean over other continuations), and how many prompts are
+  ``distinct_prompts``.
 
 Models with another tokenizer than the corpus's are routed on their own token ids (the store's
 recorded alignment, see ``_moe.run_alignments``).
@@ -216,13 +225,74 @@ def logistic_fit(x: np.ndarray, y: np.ndarray, iterations: int = 50) -> dict[str
     return {"intercept": float(beta[0]), "slope": float(beta[1])}
 
 
-def relation(cos: np.ndarray, overlap: np.ndarray, bins: int) -> dict[str, Any]:
-    """Every summary of cosine vs overlap for one set of pairs."""
+JACKKNIFE_GROUPS = 10
+"""Groups of sequences deleted in turn by :func:`spearman_test`."""
+
+
+def spearman_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    unit_a: np.ndarray,
+    unit_b: np.ndarray,
+    rng: np.random.Generator,
+    groups: int = JACKKNIFE_GROUPS,
+) -> dict[str, Any]:
+    """One-sided test of Spearman ρ > 0 over pairs whose two members belong to units (sequences).
+
+    Pairs share tokens and tokens share sequences, so the pairs are not independent and the
+    textbook test with n pairs would be far too confident. The units are dealt at random into
+    ``groups`` groups; ρ is recomputed with each group's units (and every pair touching them)
+    left out, and the grouped-jackknife standard error SE = √((G−1)/G · Σ_g (ρ_g − ρ̄)²) gives
+    ``spearman_p`` = P(Z ≥ ρ/SE) and ``spearman_ci`` ρ ± 1.96·SE. Every value is None where ρ
+    (or a leave-one-group-out ρ) is undefined, or with fewer than 3 units.
+    """
+    from scipy.stats import norm
+
+    none = {"spearman_p": None, "spearman_ci": None, "units": 0}
+    units = np.unique(np.concatenate([unit_a, unit_b]))
+    rho = spearman(x, y)
+    if rho is None or len(units) < 3:
+        return {**none, "units": len(units)}
+    g = min(groups, len(units))
+    fold = dict(zip(units.tolist(), rng.permutation(len(units)) % g, strict=True))
+    fold_a = np.array([fold[u] for u in unit_a.tolist()])
+    fold_b = np.array([fold[u] for u in unit_b.tolist()])
+    estimates = []
+    for left_out in range(g):
+        keep = (fold_a != left_out) & (fold_b != left_out)
+        value = spearman(x[keep], y[keep])
+        if value is None:
+            return {**none, "units": len(units)}
+        estimates.append(value)
+    spread = np.asarray(estimates)
+    se = float(np.sqrt((g - 1) / g * ((spread - spread.mean()) ** 2).sum()))
+    if not se > 0:
+        return {**none, "units": len(units)}
+    return {
+        "spearman_p": float(norm.sf(rho / se)),
+        "spearman_ci": [rho - 1.96 * se, rho + 1.96 * se],
+        "units": len(units),
+    }
+
+
+def relation(
+    cos: np.ndarray,
+    overlap: np.ndarray,
+    bins: int,
+    units: tuple[np.ndarray, np.ndarray] | None = None,
+    rng: np.random.Generator | None = None,
+) -> dict[str, Any]:
+    """Every summary of cosine vs overlap for one set of pairs; with ``units`` (the sequence of
+    each pair's two members), the one-sided test of ρ > 0 (:func:`spearman_test`)."""
+    test: dict[str, Any] = {"spearman_p": None, "spearman_ci": None, "units": None}
+    if units is not None:
+        test = spearman_test(cos, overlap, *units, rng or np.random.default_rng(0))
     return {
         "pairs": len(cos),
         "mean_cosine": float(cos.mean()) if len(cos) else None,
         "mean_overlap": float(overlap.mean()) if len(cos) else None,
         "spearman": spearman(cos, overlap),
+        **test,
         "linear": linear_fit(cos, overlap),
         "logistic": logistic_fit(cos, overlap),
         "curve": binned_curve(cos, overlap, bins),
@@ -236,15 +306,20 @@ def token_level(
     pairs: int,
     bins: int,
     rng: np.random.Generator,
+    sequences: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Cosine vs overlap for token pairs within and across domains, raw and mean-removed."""
+    """Cosine vs overlap for token pairs within and across domains, raw and mean-removed;
+    with ``[T]`` ``sequences``, ρ is tested with sequences as the independent units."""
     centred = remove_direction(x_TD, mean_direction(x_TD))
     out: dict[str, Any] = {}
     for kind, same in (("within", True), ("across", False)):
         a, b = sample_pairs(labels, pairs, rng, same)
         overlap = set_overlap(topk_TK[a], topk_TK[b])
-        out[kind] = relation(pair_cosines(x_TD, a, b), overlap, bins)
-        out[f"{kind}_mean_removed"] = relation(pair_cosines(centred, a, b), overlap, bins)
+        units = None if sequences is None else (sequences[a], sequences[b])
+        out[kind] = relation(pair_cosines(x_TD, a, b), overlap, bins, units, rng)
+        out[f"{kind}_mean_removed"] = relation(
+            pair_cosines(centred, a, b), overlap, bins, units, rng
+        )
     return out
 
 
@@ -282,12 +357,13 @@ def sequence_level(
     overlap = intersection(u, u)[a, b]
     labels = np.asarray(sequence_labels)
     same = labels[a] == labels[b]
+    rng = np.random.default_rng(0)
     return {
         "measure": "histogram intersection of expert-usage distributions",
         "sequences": n,
-        "all": relation(cos, overlap, bins),
-        "within": relation(cos[same], overlap[same], bins),
-        "across": relation(cos[~same], overlap[~same], bins),
+        "all": relation(cos, overlap, bins, (a, b), rng),
+        "within": relation(cos[same], overlap[same], bins, (a[same], b[same]), rng),
+        "across": relation(cos[~same], overlap[~same], bins, (a[~same], b[~same]), rng),
     }
 
 
@@ -345,22 +421,64 @@ def matched_overlap(a_NK: torch.Tensor, b_NK: torch.Tensor, mapping: np.ndarray)
     return float(set_overlap(renamed, b_NK).mean())
 
 
-def cross_model(a_NK: torch.Tensor, b_NK: torch.Tensor, e_a: int, e_b: int) -> dict[str, Any]:
-    """Matching fitted on the first half of the tokens, overlap scored on the second half."""
-    half = len(a_NK) // 2
-    if half < 1:
-        raise ConfigError("cross-model matching needs at least two tokens")
-    mapping, _ = match_experts(a_NK[:half], b_NK[:half], e_a, e_b)
+def cross_model(
+    a_NK: torch.Tensor,
+    b_NK: torch.Tensor,
+    e_a: int,
+    e_b: int,
+    groups: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> dict[str, Any]:
+    """Matching fitted on a random half of the units (``groups``: each token's sequence; each
+    token its own unit if None), overlap scored on the other half, on the same input and on
+    different input, with a one-sided t-test over the scored units of same > different."""
+    from scipy.stats import t as student
+
+    rng = rng or np.random.default_rng(0)
+    groups = np.arange(len(a_NK)) if groups is None else np.asarray(groups)
+    units = np.unique(groups)
+    if len(units) < 2:
+        raise ConfigError("cross-model matching needs at least two sequences (or tokens)")
+    fit_units = rng.permutation(units)[: len(units) // 2]
+    fit = np.isin(groups, fit_units)
+    fit_t, score_t = torch.as_tensor(fit), torch.as_tensor(~fit)
+    mapping, _ = match_experts(a_NK[fit_t], b_NK[fit_t], e_a, e_b)
     k = min(a_NK.shape[1], b_NK.shape[1])
     identity = np.where(np.arange(e_a) < e_b, np.arange(e_a), -1)  # no renaming
+    a_s, b_s, scored_groups = a_NK[score_t], b_NK[score_t], groups[~fit]
+    renamed = torch.as_tensor(mapping)[a_s.long()]
+    same = set_overlap(renamed, b_s)  # [N] per scored token
+    other = different_input_partners(scored_groups, rng)
+    different = set_overlap(renamed, b_s[torch.as_tensor(other)])
+    scored_units, index = np.unique(scored_groups, return_inverse=True)
+    per_unit = np.bincount(index, weights=same - different) / np.bincount(index)
+    p = None
+    if len(per_unit) >= 2 and per_unit.std(ddof=1) > 0:
+        t_stat = per_unit.mean() / (per_unit.std(ddof=1) / np.sqrt(len(per_unit)))
+        p = float(student.sf(t_stat, len(per_unit) - 1))
     return {
-        "matched_overlap": matched_overlap(a_NK[half:], b_NK[half:], mapping),
-        "unmatched_overlap": matched_overlap(a_NK[half:], b_NK[half:], identity),
+        "matched_overlap": float(same.mean()),
+        "unmatched_overlap": matched_overlap(a_s, b_s, identity),
+        "different_input_overlap": float(different.mean()),
+        "same_vs_different_p": p,
         "chance": a_NK.shape[1] * b_NK.shape[1] / (e_b * k),
         "matching": [int(v) for v in mapping],
-        "fit_tokens": half,
-        "scored_tokens": len(a_NK) - half,
+        "fit_tokens": int(fit.sum()),
+        "scored_tokens": int((~fit).sum()),
+        "sequences": len(scored_units),
     }
+
+
+def different_input_partners(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[N]`` for each token a random token of ANOTHER unit (of itself if there is none)."""
+    n = len(groups)
+    partner = rng.integers(0, n, n)
+    for _ in range(50):
+        clash = groups[partner] == groups
+        if not clash.any() or len(np.unique(groups)) < 2:
+            break
+        partner[clash] = rng.integers(0, n, int(clash.sum()))
+    return partner
 
 
 # ---------------------------------------------------------------- through the adapter
@@ -442,11 +560,13 @@ def prompt_continuation(
         off = ~np.eye(B, dtype=bool)
         own = float(np.diag(cross).mean())
         others = float(cross[off].mean()) if B > 1 else None
+        per_prompt = np.diag(cross) - np.where(off, cross, 0).sum(1) / (B - 1) if B > 1 else None
         out[str(layer)] = {
             "own_continuation": own,
             "other_continuations": others,
             "other_prompts": float(between[off].mean()) if B > 1 else None,
             "advantage": None if others is None else own - others,
+            "advantages": None if per_prompt is None else [float(v) for v in per_prompt],
         }
     return out
 
@@ -468,7 +588,9 @@ def model_similarity(
         out["layers"][str(layer)] = {
             "n_experts": e,
             "top_k": adapter.top_k(layer),
-            "token": token_level(x, topk, routed.labels, settings.pairs, settings.bins, rng),
+            "token": token_level(
+                x, topk, routed.labels, settings.pairs, settings.bins, rng, routed.sequences
+            ),
             "sequence": sequence_level(
                 x, topk, routed.sequences, routed.sequence_labels, e, settings.bins
             ),
@@ -478,6 +600,7 @@ def model_similarity(
         prompts, new_tokens = choose_prompts(batches, settings)
         out["prompt_continuation"] = {
             "prompts": len(prompts),
+            "distinct_prompts": len({tuple(row.tolist()) for row in prompts}),
             "prompt_tokens": prompts.shape[1],
             "new_tokens": new_tokens,
             "layers": prompt_continuation(adapter, prompts, new_tokens, layers),
@@ -497,8 +620,11 @@ def choose_prompts(
     return rows[torch.as_tensor(np.sort(chosen)), :prompt_tokens], new_tokens
 
 
-def models_cross(routed: dict[str, Routed], adapters: dict[str, ModelAdapter]) -> dict[str, Any]:
-    """``"A|B"`` -> ``"la|lb"`` -> :func:`cross_model`, for every pair of models and layers."""
+def models_cross(
+    routed: dict[str, Routed], adapters: dict[str, ModelAdapter], seed: int = 0
+) -> dict[str, Any]:
+    """``"A|B"`` -> ``"la|lb"`` -> :func:`cross_model` (sequences as units, a seeded random
+    split), for every pair of models and layers."""
     out: dict[str, Any] = {}
     for a, b in itertools.combinations(sorted(routed), 2):
         pairs = {}
@@ -507,7 +633,12 @@ def models_cross(routed: dict[str, Routed], adapters: dict[str, ModelAdapter]) -
             if len(ta) != len(tb):
                 raise ConfigError(f"models {a!r} and {b!r} were routed on different tokens")
             pairs[f"{la}|{lb}"] = cross_model(
-                ta, tb, adapters[a].n_experts(la), adapters[b].n_experts(lb)
+                ta,
+                tb,
+                adapters[a].n_experts(la),
+                adapters[b].n_experts(lb),
+                routed[a].sequences,
+                np.random.default_rng(seed),
             )
         out[f"{a}|{b}"] = pairs
     return out
@@ -529,7 +660,7 @@ class RoutingSimilarity:
         for name, adapter in adapters.items():
             own = model_batches(batches, alignments.get(name))
             models[name], routed[name] = model_similarity(name, adapter, own, settings)
-        cross = models_cross(routed, adapters)
+        cross = models_cross(routed, adapters, settings.seed)
         figures = {}
         for name, summary in models.items():
             figures[f"similarity_overlap_{name}"] = _curves(name, summary)

@@ -21,6 +21,7 @@ from crossdiff_analyses.early_decoding import (
     layer_metrics,
     model_early_decoding,
     next_token_nll,
+    no_expert_metrics,
     restricted_perplexity,
 )
 from tests.adapters.conftest import MOE_CASES, get_case
@@ -63,6 +64,27 @@ def test_top1_cosines_equal_a_recomputation_from_the_expert_weights(name: str) -
 
 
 @pytest.mark.parametrize("name", MOE_CASES)
+def test_the_no_routed_expert_baseline_equals_a_recomputation(name: str) -> None:
+    # every routed expert removed, shared experts kept: h_0 = resid_post − Σ_k w_k·E_k(x)
+    case = get_case(name)
+    tokens = _tokens(1)
+    for layer in case.adapter.moe_layers():
+        direct = direct_layer(case, layer, tokens)
+        routed = (direct["weights"][..., None] * direct["outputs"]).sum(1)  # [T, D]
+        resid_post, block = direct["resid_post"], direct["block_output"]
+        got = no_expert_metrics(case.adapter, [tokens], layer)
+        assert got["hidden_cosine"] == pytest.approx(
+            mean_cosine(resid_post - routed, resid_post), abs=2e-5
+        )
+        shared = block - routed  # roundoff alone in a family without shared experts
+        want_block = mean_cosine(shared, block) if shared.norm() > 1e-3 * block.norm() else 0.0
+        assert got["block_cosine"] == pytest.approx(want_block, abs=2e-5)
+        top1 = layer_metrics(case.adapter, [tokens], layer, [1])["1"]
+        assert got["hidden_cosine"] < top1["hidden_cosine"]  # the top-1 expert closes some gap
+        assert got["lens_kl"] > top1["lens_kl"] > 0
+
+
+@pytest.mark.parametrize("name", MOE_CASES)
 def test_keeping_all_k_experts_reproduces_the_model(name: str) -> None:
     case = get_case(name)
     tokens = _tokens(2)
@@ -100,6 +122,9 @@ def test_model_summary_has_every_layer_n_and_domain() -> None:
     assert list(summary["layers"]) == ["1"]
     stats = summary["layers"]["1"]
     assert set(stats["as_routed"]) == set(stats["renormalised"]) == {"1", "2"}
+    assert (
+        0 < stats["no_routed_experts"]["hidden_cosine"] < stats["as_routed"]["1"]["hidden_cosine"]
+    )
     assert stats["as_routed"]["2"]["hidden_cosine"] == pytest.approx(1.0, abs=1e-6)
     for variant in ("as_routed", "renormalised"):
         assert set(summary["perplexity"][variant]) == {"a", "b"}

@@ -13,6 +13,7 @@ from crossdiff_analyses.routing import (
     coactivation,
     expert_shares,
     experts_for_coverage,
+    layer_statistics,
     membership,
     model_routing,
     normalised_entropy,
@@ -44,6 +45,21 @@ def test_statistics_by_hand() -> None:
     assert conditional[0, 1] == 0.75 and conditional[0, 2] == 0.25
     assert lift[1, 2] == 0.0 and lift[0, 1] == pytest.approx(0.75 / (1.0 * 0.75))
     assert np.isnan(conditional[3]).all()  # expert 3 was never chosen
+
+
+def test_share_elsewhere_by_hand() -> None:
+    # E = 4, K = 1; domain a: experts 0, 0, 0, 1; domain b: 0, 2, 3, 3
+    chosen = torch.tensor([[0], [0], [0], [1], [0], [2], [3], [3]])
+    labels = np.array(["a"] * 4 + ["b"] * 4)
+    stats = layer_statistics(chosen, 4, labels)
+    a, b = stats["domains"]["a"], stats["domains"]["b"]
+    assert (a["top_expert"], a["top_share"], a["top_share_elsewhere"]) == (0, 0.75, 0.25)
+    assert (b["top_expert"], b["top_share"], b["top_share_elsewhere"]) == (3, 0.5, 0.0)
+    assert a["tokens"] == b["tokens"] == 4 and stats["domains"]["all"]["tokens"] == 8
+    assert "top_share_elsewhere" not in stats["domains"]["all"]
+    assert stats["uniform_experts_for_half"] == 2  # ⌈E/2⌉
+    one = layer_statistics(chosen[:4], 4, labels[:4])
+    assert one["domains"]["a"]["top_share_elsewhere"] is None
 
 
 @pytest.mark.parametrize("name", MOE_CASES)

@@ -25,6 +25,7 @@ from crossdiff_analyses.routing_similarity import (
     mean_direction_share,
     model_similarity,
     models_cross,
+    spearman_test,
     token_level,
     usage,
 )
@@ -108,6 +109,41 @@ def test_hungarian_matching_recovers_a_permutation_of_experts() -> None:
     assert result["unmatched_overlap"] < 0.8
     assert result["chance"] == pytest.approx(2 / 6)
     assert result["fit_tokens"] == 300 and result["scored_tokens"] == 300
+
+
+def test_spearman_test_is_calibrated_under_the_null_and_detects_a_dependence() -> None:
+    # 40 sequences of 10 units; pairs of random members; y independent of x: the one-sided p
+    # falls below 0.05 in about 5% of draws, and ρ's CI covers 0 as often
+    rejections = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        unit_a, unit_b = rng.integers(0, 40, 600), rng.integers(0, 40, 600)
+        x, y = rng.normal(size=600), rng.normal(size=600)
+        test = spearman_test(x, y, unit_a, unit_b, rng)
+        assert test["units"] == 40
+        rejections += test["spearman_p"] < 0.05
+    assert rejections <= 5
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=600)
+    test = spearman_test(x, x + rng.normal(size=600), unit_a, unit_b, rng)
+    assert test["spearman_p"] < 1e-6 and 0 < test["spearman_ci"][0] < test["spearman_ci"][1] < 1
+    # undefined: a constant side, or fewer than 3 units
+    assert spearman_test(x, np.ones(600), unit_a, unit_b, rng)["spearman_p"] is None
+    assert spearman_test(x, x, np.zeros(600, int), np.ones(600, int), rng)["spearman_p"] is None
+
+
+def test_cross_model_split_is_random_over_sequences() -> None:
+    # 40 sequences of 10 tokens; the fit half is a random half of the sequences, not the first
+    rng = np.random.default_rng(2)
+    a = torch.as_tensor(np.stack([rng.choice(6, 2, replace=False) for _ in range(400)]))
+    groups = np.arange(400) // 10
+    result = cross_model(a, a, 6, 6, groups, np.random.default_rng(0))
+    assert result["fit_tokens"] == result["scored_tokens"] == 200 and result["sequences"] == 20
+    assert result["matched_overlap"] == 1.0
+    assert abs(result["different_input_overlap"] - 2 / 6) < 0.1
+    assert result["same_vs_different_p"] < 1e-6
+    other = cross_model(a, a, 6, 6, groups, np.random.default_rng(1))
+    assert other["different_input_overlap"] != result["different_input_overlap"]
 
 
 def test_usage_and_intersection_by_hand() -> None:

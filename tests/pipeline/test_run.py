@@ -98,14 +98,21 @@ def test_the_moe_analyses_run_on_the_in_repo_moe(tiny_run: Path) -> None:
     routing = moe["routing"]["moe"]
     assert set(routing) == {"0", "1"}
     for layer in routing.values():
-        assert layer["uniform_share"] == 0.5 and set(layer) == {"uniform_share", "all", *domains}
+        assert layer["uniform_share"] == 0.5
+        assert set(layer) == {"uniform_share", "uniform_experts_for_half", "all", *domains}
         assert 1 <= layer["all"]["experts_for_half"] <= 4 and 0 < layer["all"]["entropy"] <= 1
+        assert layer["uniform_experts_for_half"] == 2  # E = 4
+        for domain in domains:
+            assert 0 <= layer[domain]["top_share_elsewhere"] <= 1 and layer[domain]["tokens"] > 0
     early = moe["early_decoding"]["moe"]
     assert set(early["cosine"]) == {"0", "1"} and set(early["perplexity"]) == domains
     for layer in early["cosine"].values():
         assert layer["2"]["contribution"] == pytest.approx(1.0, abs=1e-6)
         assert layer["2"]["hidden"] == pytest.approx(1.0, abs=1e-6)
         assert -1 <= layer["1"]["contribution"] < 1
+    for layer, baseline in early["no_routed_experts"].items():
+        assert -1 <= baseline["hidden"] < early["cosine"][layer]["2"]["hidden"]
+        assert baseline["lens_kl"] > early["cosine"][layer]["2"]["lens_kl"]
     for values in early["perplexity_increase"].values():
         assert values["2"] == 0.0
     alignment = moe["expert_alignment"]["moe"]
@@ -117,6 +124,17 @@ def test_the_moe_analyses_run_on_the_in_repo_moe(tiny_run: Path) -> None:
         assert -1 <= layer["spearman_within"] <= 1 and 0 < layer["mean_direction_share"] <= 1
         assert layer["shuffled_baseline"] == pytest.approx(0.5, abs=0.05)
         assert 0 <= layer["prompt_own_continuation"] <= 1
+        assert (
+            layer["pairs_within"] > 0
+            and len(layer["prompt_advantages"]) == layer["distinct_prompts"]
+        )
+    claims = json.loads((out / "report" / "summary.json").read_text())["claims"]
+    assert len(claims) >= 8
+    for claim in claims:
+        assert claim["verdict"] in {"holds", "does not hold", "not testable"}
+        assert (claim["p_value"] is None) == (claim["p_adjusted"] is None)
+        if claim["p_value"] is not None:
+            assert claim["p_adjusted"] >= claim["p_value"]
     figures = {p.stem for p in (out / "analyses").glob("*/*.png")}
     assert {"routing_moe", "cosine_vs_n_moe", "perplexity_vs_n_moe", "lift_matrix_moe"} <= figures
     assert {"similarity_overlap_moe", "collapse_moe"} <= figures

@@ -13,6 +13,9 @@ from crossdiff.report.inputs import read_input
 from crossdiff.stages import atomic_write_json, read_manifest
 
 MODEL_KEYS = ("arch", "active_params", "total_params", "tokens_seen", "val_loss", "unigram_entropy")
+DENSITY_TEST_KEYS = ("p_value", "p_greater", "p_less", "effect_size", "ratio", "ratio_ci", "n")
+"""The entries of each density test that summary.json keeps (docs/results-schema.md); the claims
+read the one-sided p and n."""
 
 
 def _manifest(directory: Path, what: str, warnings: list[str]) -> dict[str, Any] | None:
@@ -92,7 +95,7 @@ def build_summary(run: Run, warnings: list[str] | None = None) -> dict[str, Any]
         summary["density"] = {
             "median": density["median"],
             "tests": {
-                name: {key: t.get(key) for key in DENSITY_TEST_KEYS}
+                name: {k: t[k] for k in DENSITY_TEST_KEYS if k in t}
                 for name, t in density["tests"].items()
             },
         }
@@ -102,13 +105,17 @@ def build_summary(run: Run, warnings: list[str] | None = None) -> dict[str, Any]
     return summary
 
 
-DENSITY_TEST_KEYS = ("p_value", "p_greater", "p_less", "effect_size", "ratio", "ratio_ci", "n")
-"""The entries of each density test that summary.json keeps (docs/results-schema.md)."""
-
-
 # ---------------------------------------------------------------- MoE analyses (docs: "moe.*")
 
 MOE_ANALYSES = ("routing", "early_decoding", "expert_alignment", "routing_similarity")
+ROUTING_DOMAIN_KEYS = (
+    "top_share",
+    "top_expert",
+    "top_share_elsewhere",
+    "experts_for_half",
+    "entropy",
+    "tokens",
+)
 
 
 def moe_summary(analyses: dict[str, Any]) -> dict[str, Any]:
@@ -120,8 +127,13 @@ def moe_summary(analyses: dict[str, Any]) -> dict[str, Any]:
             model: {
                 layer: {
                     "uniform_share": stats["uniform_share"],
+                    **(
+                        {"uniform_experts_for_half": stats["uniform_experts_for_half"]}
+                        if "uniform_experts_for_half" in stats
+                        else {}
+                    ),
                     **{
-                        domain: {k: d[k] for k in ("top_share", "experts_for_half", "entropy")}
+                        domain: {k: d[k] for k in ROUTING_DOMAIN_KEYS if k in d}
                         for domain, d in stats["domains"].items()
                     },
                 }
@@ -135,11 +147,22 @@ def moe_summary(analyses: dict[str, Any]) -> dict[str, Any]:
             model: {
                 "cosine": {
                     layer: {
-                        n: {k: m[f"{k}_cosine"] for k in ("contribution", "hidden")}
+                        n: {
+                            **{k: m[f"{k}_cosine"] for k in ("contribution", "hidden")},
+                            "lens_kl": m.get("lens_kl"),
+                        }
                         for n, m in stats["as_routed"].items()
                     }
                     for layer, stats in data["layers"].items()
                     if "as_routed" in stats
+                },
+                "no_routed_experts": {
+                    layer: {
+                        "hidden": stats["no_routed_experts"]["hidden_cosine"],
+                        "lens_kl": stats["no_routed_experts"]["lens_kl"],
+                    }
+                    for layer, stats in data["layers"].items()
+                    if "no_routed_experts" in stats
                 },
                 "perplexity": data["perplexity"].get("as_routed", {}),
                 "perplexity_increase": data["perplexity_increase"].get("as_routed", {}),
@@ -162,33 +185,52 @@ def moe_summary(analyses: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+CROSS_MODEL_KEYS = (
+    "matched_overlap",
+    "unmatched_overlap",
+    "chance",
+    "different_input_overlap",
+    "same_vs_different_p",
+    "sequences",
+)
+
+
 def similarity_summary(data: dict[str, Any]) -> dict[str, Any]:
     """Headline numbers of ``routing_similarity`` (docs/results-schema.md)."""
     out: dict[str, Any] = {}
     for model, summary in data["models"].items():
-        prompts = summary.get("prompt_continuation", {}).get("layers", {})
+        prompts_info = summary.get("prompt_continuation", {})
+        prompts = prompts_info.get("layers", {})
         out[model] = {}
         for layer, stats in summary["layers"].items():
             token, prompt = stats["token"], prompts.get(layer, {})
             collapse = stats["collapse"]
+            within, sequence = token["within"], stats["sequence"]["all"]
             out[model][layer] = {
-                "spearman_within": token["within"]["spearman"],
+                "spearman_within": within["spearman"],
+                "spearman_within_p": within.get("spearman_p"),
+                "spearman_within_ci": within.get("spearman_ci"),
+                "pairs_within": within["pairs"],
                 "spearman_across": token["across"]["spearman"],
                 "spearman_mean_removed": token["within_mean_removed"]["spearman"],
                 "overlap_within": token["within"]["mean_overlap"],
                 "overlap_across": token["across"]["mean_overlap"],
-                "sequence_spearman": stats["sequence"]["all"]["spearman"],
+                "sequence_spearman": sequence["spearman"],
+                "sequence_spearman_p": sequence.get("spearman_p"),
+                "sequence_spearman_ci": sequence.get("spearman_ci"),
+                "sequence_pairs": sequence["pairs"],
                 "shuffled_baseline": collapse["shuffled_baseline"],
                 "ratio": collapse["ratio"],
                 "mean_direction_share": collapse["mean_direction_share"],
                 "entropy": collapse["entropy"],
                 "prompt_own_continuation": prompt.get("own_continuation"),
                 "prompt_other_continuations": prompt.get("other_continuations"),
+                "prompt_advantages": prompt.get("advantages"),
+                "distinct_prompts": prompts_info.get("distinct_prompts"),
             }
     out["cross_model"] = {
         pair: {
-            layers: {k: v[k] for k in ("matched_overlap", "unmatched_overlap", "chance")}
-            for layers, v in per_layer.items()
+            layers: {k: v[k] for k in CROSS_MODEL_KEYS if k in v} for layers, v in per_layer.items()
         }
         for pair, per_layer in data.get("cross_model", {}).items()
     }

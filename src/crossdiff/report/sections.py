@@ -25,7 +25,8 @@ CAPTIONS = {
     "average when the latent fires; blue, less.",
     "cosine_vs_n": "Cosine between the hidden state (or the MoE contribution) with only the top n "
     "experts kept and the model's own, per layer: how well the top expert approximates the "
-    "mixture.",
+    "mixture. n = 0 (hidden panel) removes every routed expert: the residual stream alone; the "
+    "top expert matters only as far as it rises above that.",
     "perplexity_vs_n": "Held-out perplexity when every MoE layer keeps only its top n experts: "
     "the cost of dropping the rest.",
     "similarity_overlap": "Top-k overlap of token pairs against the cosine of their router "
@@ -88,29 +89,49 @@ def _figures(run: Any, analysis: str) -> list[Figure]:
 def findings(summary: dict[str, Any]) -> ReportSection:
     """The claims table."""
     claims = summary.get("claims", [])
-    verdict = {True: "holds", False: "does not hold", None: "undecided"}
+    verdicts = [_verdict(c) for c in claims]
     rows = [
-        [c["source"], c["claim"], c["measured"], c["statistic"], verdict[c["holds"]]]
-        for c in claims
+        [c["source"], c["claim"], c["measured"], c["statistic"], _p(c), verdict]
+        for c, verdict in zip(claims, verdicts, strict=True)
     ]
-    classes = [{True: "holds-yes", False: "holds-no", None: "holds-na"}[c["holds"]] for c in claims]
-    held = sum(c["holds"] is True for c in claims)
+    css = {"holds": "holds-yes", "does not hold": "holds-no", "not testable": "holds-na"}
+    classes = [css[v] for v in verdicts]
+    held = verdicts.count("holds")
+    untestable = verdicts.count("not testable")
     text = (
-        f"{held} of {len(claims)} claims hold in this run. Each claim names its criterion; "
-        "the statistic is what the criterion was applied to."
+        f"{held} of {len(claims)} claims hold in this run"
+        + (f" ({untestable} not testable)" if untestable else "")
+        + ". Each claim names its criterion; the statistic is what the criterion was applied "
+        "to. Claims judged by a test are Holm-adjusted together: p is the raw one-sided p and "
+        "the Holm-adjusted one, and the verdict rests on the adjusted p."
         if claims
         else "This run measured nothing a claim could be judged on (no crosscoder or MoE "
         "analysis finished)."
     )
     table = html_table(
-        ["source", "claim (criterion)", "measured", "statistic", "verdict"],
+        ["source", "claim (criterion)", "measured", "statistic", "p (raw / Holm)", "verdict"],
         rows,
         "The claims this run can test",
         classes,
-        ["", "", "", "", "verdict"],
+        ["", "", "", "", "", "verdict"],
         "claims-table",
     )
     return ReportSection("Findings", text, blocks=[table] if claims else [])
+
+
+def _verdict(claim: dict[str, Any]) -> str:
+    """``holds`` / ``does not hold`` / ``not testable`` (also from a summary without verdicts)."""
+    if claim.get("verdict"):
+        return claim["verdict"]
+    return {True: "holds", False: "does not hold", None: "not testable"}[claim.get("holds")]
+
+
+def _p(claim: dict[str, Any]) -> str:
+    """``raw / adjusted`` p of a tested claim, ``–`` for one judged against a criterion."""
+    if claim.get("p_value") is None:
+        return "–"
+    adjusted = claim.get("p_adjusted")
+    return f"{claim['p_value']:.2g} / " + ("–" if adjusted is None else f"{adjusted:.2g}")
 
 
 # ---------------------------------------------------------------- what was compared
@@ -412,6 +433,11 @@ def routing(run: Any, summary: dict[str, Any]) -> ReportSection:
                 f"share of the domain's tokens routed to its busiest expert "
                 f"(uniform: {uniform:.3g})",
             ),
+            (
+                "top_share_elsewhere",
+                "the same expert's share of the other domains' tokens (a domain-specific expert "
+                "has it well below its share on the domain)",
+            ),
             ("experts_for_half", "fewest experts covering half of the domain's routing decisions"),
             ("entropy", "routing entropy / log E (1 = uniform)"),
         ):
@@ -431,11 +457,20 @@ def early_decoding(run: Any, summary: dict[str, Any]) -> ReportSection:
     blocks = []
     for model, data in summary["moe"]["early_decoding"].items():
         ns = sorted({n for by_n in data["cosine"].values() for n in by_n}, key=int)
+        baseline = data.get("no_routed_experts") or {}
         rows = [
-            [int(layer), *(by_n.get(n, {}).get(k) for n in ns for k in ("contribution", "hidden"))]
+            [
+                int(layer),
+                *(by_n.get(n, {}).get(k) for n in ns for k in ("contribution", "hidden")),
+                (baseline.get(layer) or {}).get("hidden"),
+            ]
             for layer, by_n in sorted(data["cosine"].items(), key=lambda x: int(x[0]))
         ]
-        header = ["layer", *(f"top {n}: cos({k})" for n in ns for k in ("contribution", "hidden"))]
+        header = [
+            "layer",
+            *(f"top {n}: cos({k})" for n in ns for k in ("contribution", "hidden")),
+            "no routed expert: cos(hidden)",
+        ]
         blocks.append(html_table(header, rows, f"{model}: keeping the top n experts in one layer"))
         pns = sorted({n for by_n in data["perplexity"].values() for n in by_n}, key=int)
         rows = [
