@@ -45,9 +45,12 @@ class SparsePattern:
     """``B``."""
     n_cols: int
     """``L``."""
+    crow: torch.Tensor | None = None
+    """``[B + 1]`` bounds of each token's entries; computed from ``rows_N`` when not given."""
 
     def __post_init__(self) -> None:
-        self.crow = _offsets(self.rows_N, self.n_rows)
+        if self.crow is None:
+            self.crow = _offsets(self.rows_N, self.n_rows)
 
     @classmethod
     def from_flat(cls, flat_N: torch.Tensor, n_rows: int, n_cols: int) -> SparsePattern:
