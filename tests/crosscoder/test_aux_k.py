@@ -16,8 +16,8 @@ import itertools
 import pytest
 import torch
 
-from crossdiff.crosscoder.distributed import Collectives
 from crossdiff.crosscoder.aux_k import AuxPathRule, aux_k_loss
+from crossdiff.crosscoder.distributed import Collectives
 
 from .conftest import small_crosscoder
 
@@ -150,7 +150,7 @@ def test_the_path_rule_is_measured_once_recorded_and_decides_by_the_share(monkey
     assert share is not None and share >= 1.0
     assert rule.timings_ms["dense_ms"] > 0 and rule.timings_ms["sparse_ms"] > 0
     assert rule.timings_ms["n_dead"] == 46 and rule.timings_ms["kk"] == 4
-    assert rule.last_path == ("dense" if 46 <= share * 4 else "sparse")
+    assert rule.last_path == ("dense" if share * 4 >= 46 else "sparse")
     assert "measured dense" in rule.describe()
     # measured once: a second step keeps the share
     aux_k_loss(model, model(data), dead, 4, Collectives(), rule=rule)

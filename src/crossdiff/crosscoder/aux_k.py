@@ -192,7 +192,7 @@ def aux_k_loss(
         make = _dense_e_hat if path == "dense" else _sparse_e_hat
         e_hat_BC = make(model.W_enc_CL, model.b_enc_L, out.W_dec_LC, out.x_BC, pre_BD, dead_idx, kk)
     else:
-        vals_BK, j_BK = out.pre_BL.index_select(1, dead_idx).topk(kk, dim=1, sorted=False)
+        j_BK = out.pre_BL.index_select(1, dead_idx).topk(kk, dim=1, sorted=False).indices
         rows_N = torch.arange(B, device=j_BK.device).repeat_interleave(kk)
         pattern = SparsePattern(rows_N, dead_idx[j_BK.reshape(-1)], B, L)
         pre_N = dense_preacts(model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)

@@ -25,11 +25,11 @@ from crossdiff.checkpoints import (
     save_tensors,
 )
 from crossdiff.config import to_dict
+from crossdiff.crosscoder.aux_k import AuxPathRule, aux_k_loss
 from crossdiff.crosscoder.config import TrainConfig
 from crossdiff.crosscoder.distributed import Collectives
 from crossdiff.crosscoder.evaluate import fve_from
 from crossdiff.crosscoder.model import Crosscoder, ForwardOutput
-from crossdiff.crosscoder.aux_k import AuxPathRule, aux_k_loss
 from crossdiff.errors import ConfigError, CrossdiffError
 from crossdiff.progress import progress_bar
 from crossdiff.runtime import retain_freed_memory
