@@ -18,6 +18,7 @@ import torch
 
 from crossdiff.crosscoder.aux_k import AuxPathRule, aux_k_loss
 from crossdiff.crosscoder.distributed import Collectives
+from tests.devices import DEVICES
 
 from .conftest import small_crosscoder
 
@@ -184,3 +185,32 @@ def test_the_measured_share_is_saved_with_the_checkpoint_and_restored(
     state = load_checkpoint(tmp_path, fresh, make_optimizer(fresh, cfg))
     assert state is not None and state.aux_rule.dense_share == saved["aux_dense_share"]
     assert "restored" in state.aux_rule.describe()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_path_and_the_measured_rule_on_device_equal_the_float64_reference(
+    device: str, monkeypatch
+) -> None:
+    import crossdiff.crosscoder.aux_k as aux_module
+
+    monkeypatch.setattr(aux_module, "SMALL_WORK", 0)  # measure even at this size
+    model = small_crosscoder(n_shared=6).double()
+    data = {k: v.double() for k, v in batch().items()}
+    model.fit_input_scales_(data)
+    dead = torch.zeros(L, dtype=torch.bool)
+    dead[2:] = True
+    out = model(data)
+    ref = reference_aux(model, out.x_BC, (out.x_BC - out.recon_BC).detach(), dead, 4)
+    ref_grads = grads_of(model, ref)
+    model.to(device)
+    rule = AuxPathRule()
+    for path in ("sparse", "dense", None):  # None: the measured rule's choice
+        on_device = {k: v.to(device) for k, v in data.items()}
+        value = aux_k_loss(
+            model, model(on_device), dead.to(device), 4, Collectives(), rule=rule, path=path
+        )
+        got = grads_of(model, value)
+        torch.testing.assert_close(value.detach().cpu(), ref.detach(), rtol=1e-10, atol=0)
+        for name, g in ref_grads.items():
+            torch.testing.assert_close(got[name].cpu(), g, rtol=1e-9, atol=1e-12, msg=name)
+    assert rule.dense_share is not None and rule.last_path in ("sparse", "dense")
