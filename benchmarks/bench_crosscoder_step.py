@@ -199,7 +199,7 @@ def main() -> None:
             print(f"  (a) {label}: {a_wall * 1e3:.1f} ms (CPU {a_cpu * 1e3:.1f} ms); "
                   f"a/b = {a_wall / b_wall:.3f} (CPU time: {a_cpu / b_cpu:.3f}); "
                   f"{B / a_wall:,.0f} activations/s; aux-k path {res['paths'][case]}")  # fmt: skip
-    for case, label in (("quarter", "a quarter dead"), ("none", "none dead")):
+    for case, label in (("quarter", "a quarter dead"), ("none", "none dead")) if reps else ():
         walls = [r["med"][case][0] / r["med"]["b"][0] for r in reps]
         cpus = [r["med"][case][1] / r["med"]["b"][1] for r in reps]
         each = (
