@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from crossdiff.crosscoder import Crosscoder, CrosscoderConfig, TrainConfig
 from crossdiff.crosscoder.groundtruth import match_planted
 from crossdiff.crosscoder.synthetic import PlantedConfig, PlantedFeatures
@@ -27,9 +25,7 @@ def test_planted_features_are_recovered_classified_and_their_density_measured() 
         CrosscoderConfig(models=("A", "B"), d_models=(32, 32), dict_size=96, k=2.4, n_shared=8)
     )
     cfg = TrainConfig(steps=1000, lr=3e-3, warmup_steps=50, dead_tokens=20_000, aux_k=16)
-    start = time.perf_counter()
     result = train(model, planted.batches(256, 1000, seed=1), cfg)
-    seconds = time.perf_counter() - start
     matches = match_planted(model, planted)
     n = len(matches)
     recovered = sum(m.cosine >= 0.9 for m in matches)
@@ -41,4 +37,3 @@ def test_planted_features_are_recovered_classified_and_their_density_measured() 
     assert right_class >= 0.9 * n, report
     assert density_ok >= 0.9 * n, report
     assert result.history[-1].fve > 0.97 and 2.0 < expected_l0 < 3
-    assert seconds < 45

@@ -292,26 +292,28 @@ class Crosscoder(nn.Module):
     def _candidates(
         self, pre_BL: torch.Tensor, rho_L: torch.Tensor, k_total: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sorted flat indices and scores of the entries with score > lo, the largest bound
-        ``lo`` tried (``CANDIDATE_FRACTION``·θ, halved three times, then 0) that at least
-        ``k_total`` scores exceed. Every entry left out scores ≤ lo < every candidate, so the
-        top ``k_total`` are all candidates. Entries are pre-filtered on ``pre`` against a bound
-        2% under lo/ρ (a superset of the candidates, in fp32) and then filtered exactly on
-        their scores, so the full score matrix is never formed."""
+        """Sorted flat indices and scores of candidate entries: for the largest bound ``lo``
+        tried (``CANDIDATE_FRACTION``·θ, halved three times) that at least ``k_total`` scores
+        exceed, the entries that pass a pre-filter on ``pre`` against a bound 2% under lo/ρ (a
+        superset of those scoring > lo, in fp32, so the full score matrix is never formed); as
+        at least ``k_total`` candidates score > lo, the k_total-th largest score is > lo and
+        every entry left out (score ≤ lo) is below the cut. Failing all bounds: the entries
+        with a positive score."""
         flat_pre = pre_BL.view(-1)
         L = pre_BL.shape[1]
         rho_wide_L = rho_L.float()
         lo = CANDIDATE_FRACTION * float(self.threshold)
         for _ in range(4 if lo > 0 else 0):
             bound_L = (PREFILTER_MARGIN * lo / rho_wide_L).nan_to_num(nan=torch.inf)
-            flat_N = (pre_BL > bound_L).view(-1).nonzero()[:, 0]
-            scores_N = self.scores(flat_pre[flat_N], rho_L[flat_N % L])
-            exact_N = scores_N > lo
-            if int(exact_N.sum()) >= k_total:
-                return flat_N[exact_N], scores_N[exact_N]
+            rows_N, cols_N = (pre_BL > bound_L).nonzero().unbind(1)  # row-major: flat order
+            flat_N = rows_N * L + cols_N
+            scores_N = self.scores(flat_pre[flat_N], rho_L[cols_N])
+            if int((scores_N > lo).sum()) >= k_total:
+                return flat_N, scores_N
             lo /= 2
-        flat_N = (pre_BL > 0).view(-1).nonzero()[:, 0]
-        scores_N = self.scores(flat_pre[flat_N], rho_L[flat_N % L])
+        rows_N, cols_N = (pre_BL > 0).nonzero().unbind(1)
+        flat_N = rows_N * L + cols_N
+        scores_N = self.scores(flat_pre[flat_N], rho_L[cols_N])
         positive_N = scores_N > 0
         return flat_N[positive_N], scores_N[positive_N]
 

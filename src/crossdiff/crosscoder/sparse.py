@@ -45,9 +45,12 @@ class SparsePattern:
     """``B``."""
     n_cols: int
     """``L``."""
+    crow: torch.Tensor | None = None
+    """``[B + 1]`` bounds of each token's entries; computed from ``rows_N`` when not given."""
 
     def __post_init__(self) -> None:
-        self.crow = _offsets(self.rows_N, self.n_rows)
+        if self.crow is None:
+            self.crow = _offsets(self.rows_N, self.n_rows)
 
     @classmethod
     def from_flat(cls, flat_N: torch.Tensor, n_rows: int, n_cols: int) -> SparsePattern:
@@ -59,7 +62,8 @@ class SparsePattern:
         """The transpose's grouping ``(perm_N, rows_N[perm_N], bounds)``: ``perm_N`` the stable
         order of the entries by latent, ``bounds`` ``[L + 1]`` each latent's run in that order
         (one sort, reused by both transposed products of a step)."""
-        perm_N = torch.sort(self.cols_N, stable=True).indices
+        keys_N = self.cols_N.int() if self.n_cols < 2**31 else self.cols_N  # int32 sorts faster
+        perm_N = torch.sort(keys_N, stable=True).indices
         return perm_N, self.rows_N[perm_N], _offsets(self.cols_N, self.n_cols)
 
     def csr(self, values_N: torch.Tensor) -> torch.Tensor:

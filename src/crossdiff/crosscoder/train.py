@@ -25,18 +25,11 @@ from crossdiff.checkpoints import (
     save_tensors,
 )
 from crossdiff.config import to_dict
+from crossdiff.crosscoder.aux_k import AuxPathRule, aux_k_loss
 from crossdiff.crosscoder.config import TrainConfig
 from crossdiff.crosscoder.distributed import Collectives
 from crossdiff.crosscoder.evaluate import fve_from
 from crossdiff.crosscoder.model import Crosscoder, ForwardOutput
-from crossdiff.crosscoder.sparse import (
-    SparsePattern,
-    column_preacts,
-    dense_decode,
-    dense_preacts,
-    selected_preacts,
-    sparse_decode,
-)
 from crossdiff.errors import ConfigError, CrossdiffError
 from crossdiff.progress import progress_bar
 from crossdiff.runtime import retain_freed_memory
@@ -81,6 +74,8 @@ class TrainState:
     batches_consumed: int = 0
     nan_batches: int = 0
     tokens_since_fired: torch.Tensor | None = None
+    aux_rule: AuxPathRule = field(default_factory=AuxPathRule)
+    """Which path aux-k takes (measured at its first use; saved with the checkpoint)."""
 
 
 @dataclass
@@ -113,89 +108,6 @@ def k_at(cfg: TrainConfig, k: float, step: int) -> float:
     if cfg.k_start is None or cfg.k_anneal_steps == 0 or step >= cfg.k_anneal_steps:
         return k
     return cfg.k_start + (k - cfg.k_start) * step / cfg.k_anneal_steps
-
-
-AUX_DENSE_SHARE = 4
-"""aux-k decodes through dense products over the dead sub-dictionary when there are at most
-this many dead latents per chosen one (n_dead ≤ 4·aux_k), else sparsely: on 2 CPU cores a
-dense product costs about a quarter of a sparse one per multiply-add."""
-
-
-def aux_k_loss(
-    model: Crosscoder,
-    out: ForwardOutput,
-    dead_L: torch.Tensor,
-    aux_k: int,
-    coll: Collectives,
-    kernels: str = "sparse",
-) -> torch.Tensor:
-    """‖e − ê‖² / ‖e − ē‖² · min(n_dead / aux_k, 1): the top ``aux_k`` dead latents per token
-    (by the step's own pre-activations) reconstruct the detached residual e (no decoder bias);
-    the normaliser is global. Only the chosen latents are decoded: through dense products over
-    the dead sub-dictionary when ``aux_k`` is a large share of the dead latents, else through
-    the sparse kernels on the chosen entries with a positive pre-activation (the others add
-    nothing to ê nor to any gradient)."""
-    dead_idx = dead_L.nonzero()[:, 0].to(out.pre_BL.device)
-    n_dead = dead_idx.numel()
-    if n_dead == 0:
-        return out.recon_BC.new_zeros(())
-    kk = min(aux_k, n_dead)
-    B, L = out.pre_BL.shape
-    pre_BD = out.pre_BL.index_select(1, dead_idx)
-    if kernels == "sparse" and n_dead <= AUX_DENSE_SHARE * kk:
-        e_hat_BC = _aux_dense_decode(model, out, dead_idx, pre_BD, kk)
-    else:
-        rows_N, cols_N, vals_N = _aux_entries(pre_BD, dead_idx, kk, kernels == "sparse")
-        pattern = SparsePattern(rows_N, cols_N, B, L)
-        if kernels == "sparse":
-            pre_N = selected_preacts(vals_N, model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
-            e_hat_BC = sparse_decode(pre_N.relu(), out.W_dec_LC, pattern)
-        else:
-            pre_N = dense_preacts(model.W_enc_CL, model.b_enc_L, out.x_BC, pattern)
-            e_hat_BC = dense_decode(pre_N.relu(), out.W_dec_LC, pattern)
-    e_BC = (out.x_BC - out.recon_BC).detach()
-    wide = e_BC.to(torch.promote_types(e_BC.dtype, torch.float32))  # no copy for fp32/fp64
-    count = torch.tensor([B], dtype=torch.float64, device=e_BC.device)
-    sums = coll.sum_(torch.cat([count, wide.sum(0).double(), wide.pow(2).sum()[None].double()]))
-    n, sum_C, sq = sums[0], sums[1:-1], sums[-1]
-    denominator = (sq - sum_C.pow(2).sum() / n).clamp_min(1e-12)
-    numerator = (e_BC - e_hat_BC).pow(2).sum()
-    scale = min(n_dead / aux_k, 1.0) * coll.world
-    return numerator * scale / denominator.to(numerator.dtype)
-
-
-def _aux_entries(
-    pre_BD: torch.Tensor, dead_idx: torch.Tensor, kk: int, positive_only: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(rows_N, latents_N, pre_N)`` of each token's top ``kk`` dead pre-activations, grouped
-    by token; with ``positive_only`` only the positive ones (the others decode to 0 and pass
-    no gradient through the ReLU), found without a top-k when no token has more than kk."""
-    if positive_only:
-        positive_BD = pre_BD > 0
-        if int(positive_BD.sum(1).max()) <= kk:
-            rows_N, j_N = positive_BD.nonzero().unbind(1)
-            return rows_N, dead_idx[j_N], pre_BD[rows_N, j_N]
-    vals_BK, j_BK = pre_BD.topk(kk, dim=1, sorted=False)
-    rows_N = torch.arange(pre_BD.shape[0], device=pre_BD.device).repeat_interleave(kk)
-    vals_N, cols_N = vals_BK.reshape(-1), dead_idx[j_BK.reshape(-1)]
-    if positive_only:
-        positive_N = vals_N > 0
-        rows_N, cols_N, vals_N = rows_N[positive_N], cols_N[positive_N], vals_N[positive_N]
-    return rows_N, cols_N, vals_N
-
-
-def _aux_dense_decode(
-    model: Crosscoder, out: ForwardOutput, dead_idx: torch.Tensor, pre_BD: torch.Tensor, kk: int
-) -> torch.Tensor:
-    """ê over the dead sub-dictionary: ReLU of each token's top ``kk`` dead pre-activations
-    (all of them when ``kk`` = n_dead) times the dead decoder rows, by dense matmuls."""
-    pre_BD = column_preacts(pre_BD, model.W_enc_CL, model.b_enc_L, out.x_BC, dead_idx)
-    acts_BD = pre_BD.relu()
-    if kk < dead_idx.numel():
-        j_BK = pre_BD.detach().topk(kk, dim=1, sorted=False).indices
-        keep_BD = torch.zeros_like(acts_BD, dtype=torch.bool).scatter_(1, j_BK, True)
-        acts_BD = acts_BD * keep_BD
-    return acts_BD @ out.W_dec_LC.index_select(0, dead_idx)
 
 
 def sparsity_penalty(model: Crosscoder, out: ForwardOutput) -> torch.Tensor:
@@ -248,7 +160,9 @@ def train_step(
     mse = err_BC.pow(2).sum() / x.shape[0]
     dead_L = state.tokens_since_fired >= cfg.dead_tokens
     aux_k = cfg.aux_k or max(model.cfg.d_models) // 2
-    aux = cfg.aux_coeff * aux_k_loss(model, out, dead_L, aux_k, coll, cfg.kernels)
+    aux = cfg.aux_coeff * aux_k_loss(
+        model, out, dead_L, aux_k, coll, cfg.kernels, rule=state.aux_rule
+    )
     # aux-k is a normalised loss (≈ 1) while the reconstruction is in squared units (≈ V × FVU):
     # weighting aux by V makes the loss V × (FVU + α·aux), so α = 1/32 weighs what it does in
     # Gao et al. (2024). Multiplying aux rather than dividing the rest keeps the gradients at
@@ -332,6 +246,7 @@ def save_checkpoint(
                 "step": state.step,
                 "batches_consumed": state.batches_consumed,
                 "nan_batches": state.nan_batches,
+                "aux_dense_share": state.aux_rule.dense_share,
                 "train_config": to_dict(cfg),
             },
         )
@@ -358,6 +273,7 @@ def load_checkpoint(
         batches_consumed=trainer["batches_consumed"],
         nan_batches=trainer["nan_batches"],
         tokens_since_fired=counters.to(model.b_enc_L.device),
+        aux_rule=AuxPathRule(dense_share=trainer.get("aux_dense_share")),
     )
 
 
