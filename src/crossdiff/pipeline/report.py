@@ -62,10 +62,31 @@ def build_summary(run: Run) -> dict[str, Any]:
                 for name, t in density["tests"].items()
             },
         }
+    interventions = interventions_summary(summary["analyses"])
+    if interventions:
+        summary["interventions"] = interventions
     moe = moe_summary(summary["analyses"])
     if moe:
         summary["moe"] = moe
     return summary
+
+
+def interventions_summary(analyses: dict[str, Any]) -> dict[str, Any]:
+    """Per latent class: Δ loss and KL over all held-out domains in each model when the whole
+    class is ablated (docs/results-schema.md, ``interventions``)."""
+    data = analyses.get("interventions")
+    if not data:
+        return {}
+    return {
+        label: {
+            "latents": c["latents"],
+            "own_model": c["own_model"],
+            "delta_loss": {m: e["delta_loss"]["all"] for m, e in c["effects"].items()},
+            "kl": {m: e["kl"]["all"] for m, e in c["effects"].items()},
+            "kl_own_over_other": c["kl_own_over_other"],
+        }
+        for label, c in data["classes"].items()
+    }
 
 
 # ---------------------------------------------------------------- MoE analyses (docs: "moe.*")
@@ -230,11 +251,25 @@ def run_explorer(run: Run):
         return None
     crosscoder = Crosscoder.from_pretrained(run.crosscoder_dir / WEIGHTS_DIR)
     store = open_store(store_dir)
-    return build_explorer(crosscoder, store, explorer_inputs(run, crosscoder, store))
+    inputs = explorer_inputs(run.corpus_dir, crosscoder, store, run.manager)
+    inputs.interventions = intervention_cards(run.run_dir)
+    return build_explorer(crosscoder, store, inputs)
 
 
-def explorer_inputs(run: Run, crosscoder, store):
-    """Tokens, each model's unembedding path and the MoE models' routing, for the explorer."""
+def intervention_cards(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Latent -> its effects from the ``interventions`` analysis (none if it did not run)."""
+    path = Path(run_dir) / "analyses" / "interventions" / "summary.json"
+    if not path.is_file():
+        return {}
+    latents = json.loads(path.read_text()).get("latents", {})
+    return {int(latent): effects for latent, effects in latents.items()}
+
+
+def explorer_inputs(corpus_dir: Path, crosscoder, store, manager, load=None):
+    """Tokens, each model's unembedding path and the MoE models' routing, for the explorer.
+
+    The models load from the paths the store records, or through ``load`` (model name ->
+    its adapter) where given (``crossdiff.open_run`` passes its own, loaded once)."""
     import functools
 
     import torch
@@ -246,8 +281,8 @@ def explorer_inputs(run: Run, crosscoder, store):
     from crossdiff.store import store_alignments
 
     split = store.manifest["config"]["store"]["split"]
-    input_ids = load_sequences(run.corpus_dir)[split].input_ids
-    tokenizer = load_tokenizer(run.corpus_dir / "tokenizer")
+    input_ids = load_sequences(corpus_dir)[split].input_ids
+    tokenizer = load_tokenizer(Path(corpus_dir) / "tokenizer")
     inputs = ExplorerInputs(functools.cache(lambda i: tokenizer.decode([i])), input_ids)
     paths = store.record.get("models", {})
     alignments = store_alignments(store)
@@ -255,7 +290,7 @@ def explorer_inputs(run: Run, crosscoder, store):
         if name not in paths:
             continue
         try:
-            adapter = load_adapter(paths[name], run.manager)
+            adapter = load(name) if load else load_adapter(paths[name], manager)
         except (OSError, CrossdiffError):  # e.g. a hub model while offline: no logits, routing
             continue
         # the deepest crosscoded site (logit_directions reads the decoder there)
