@@ -395,6 +395,28 @@ class Run:
             store_alignments(self.store),
         )
 
+    def logits(self, model: str, tokens: Any, intervention: Intervention | None = None) -> Any:
+        """``[B, P, V]`` model ``model``'s logits on ``tokens`` (``[B, P]`` corpus ids, or a
+        string, tokenized with the corpus's tokenizer), under ``intervention`` if given."""
+        import torch
+
+        from crossdiff.interventions import intervened_logits, model_tokens
+
+        if isinstance(tokens, str):
+            from crossdiff.corpus import load_tokenizer
+
+            tokenizer = load_tokenizer(self.path / "corpus" / "tokenizer")
+            tokens = torch.tensor([tokenizer.encode(tokens)])
+        tokens = torch.as_tensor(tokens).long()
+        alignments = store_alignments(self.store)
+        own = {m: model_tokens(tokens, alignments.get(m)) for m in self.crosscoder.cfg.models}
+        if intervention is None:
+            with torch.no_grad():
+                return self.model(model).logits(own[model])
+        return intervened_logits(
+            self.crosscoder, self.models, self.sites, own, model, intervention, self.first_position
+        )
+
     def ablate(
         self, latents: int | Sequence[int], max_sequences: int = 16
     ) -> dict[str, InterventionEffect]:

@@ -154,6 +154,27 @@ def edited_logits(
     return adapter.logits_with_replacement(tokens_BP, site, replace)
 
 
+@torch.no_grad()
+def intervened_logits(
+    crosscoder: Crosscoder,
+    adapters: Mapping[str, ModelAdapter],
+    sites: Mapping[str, str],
+    tokens: Mapping[str, torch.Tensor],
+    model: str,
+    intervention: Intervention,
+    first_position: int = 1,
+) -> torch.Tensor:
+    """``[B, P, V]`` model ``model``'s logits under ``intervention`` (``tokens``: every model's
+    ``[B, P]`` ids, from which the joint code is read)."""
+    if model not in crosscoder.cfg.models:
+        raise ConfigError(
+            f"unknown model {model!r}; the crosscoder has {list(crosscoder.cfg.models)}"
+        )
+    codes_TL = joint_codes(crosscoder, adapters, sites, tokens, first_position)
+    edit_TD = site_edits(crosscoder, intervention, codes_TL)[model]
+    return edited_logits(adapters[model], tokens[model], sites[model], edit_TD, first_position)
+
+
 # ---------------------------------------------------------------- measuring
 
 
