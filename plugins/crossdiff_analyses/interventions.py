@@ -142,7 +142,7 @@ class Interventions:
                     for m, e in per_model.items()
                 },
             }
-        figures = {"delta_loss_by_class": _class_figure(summary)} if members else {}
+        figures = {"kl_by_class": _class_figure(summary)} if members else {}
         return AnalysisResult(summary, figures)
 
 
@@ -155,21 +155,27 @@ def _own_over_other(per_model, own: str | None) -> float | None:
     return per_model[own].kl[ALL] / other if other > 0 else None
 
 
+FLOOR = 1e-12
+"""KL values below this (an exact 0 included) are drawn at it on the log scale."""
+
+
 def _class_figure(summary: dict[str, Any]):
-    """Δ loss of ablating each class, one bar per model."""
+    """KL of the next-token distribution when each class is ablated, one bar per model."""
 
     def draw(path: Path) -> None:
         figure = new_figure(6, 3)
         ax = figure.subplots()
         labels = list(summary["classes"])
-        width = 0.8 / max(len(summary["models"]), 1)
-        for j, model in enumerate(summary["models"]):
-            values = [summary["classes"][c]["effects"][model]["delta_loss"][ALL] for c in labels]
-            ax.bar([i + j * width for i in range(len(labels))], values, width, label=model)
-        ax.set_xticks([i + width * (len(summary["models"]) - 1) / 2 for i in range(len(labels))])
+        models = summary["models"]
+        width = 0.8 / max(len(models), 1)
+        for j, model in enumerate(models):
+            values = [summary["classes"][c]["effects"][model]["kl"][ALL] for c in labels]
+            positions = [i + j * width for i in range(len(labels))]
+            ax.bar(positions, [max(v, FLOOR) for v in values], width, label=model)
+        ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(labels))])
         ax.set_xticklabels(labels)
-        ax.set_ylabel("Δ loss (nats / token)")
-        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.set_yscale("log")
+        ax.set_ylabel("KL(clean ‖ ablated), nats")
         ax.set_title("ablating every latent of a class, in each model", fontsize=9)
         ax.legend(fontsize=7)
         save_figure(figure, path)

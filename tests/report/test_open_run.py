@@ -145,7 +145,7 @@ def test_the_interventions_analysis_is_in_summary_report_and_cards(run, report_r
     section = page.split("<h2 id='interventions'>")[1].split("<h2")[0]
     for label in summary["interventions"]:
         assert f"<td>{label}</td>" in section
-    assert section.count("<img") == 1  # the Δ loss per class figure
+    assert section.count("<img") == 1  # the KL per class figure
     _, cards = explorer_files(report_run)
     assert analysis["latents"]
     for latent, effects in analysis["latents"].items():

@@ -30,9 +30,10 @@ CAPTIONS = {
     "the cost of dropping the rest.",
     "similarity_overlap": "Top-k overlap of token pairs against the cosine of their router "
     "inputs, per layer: a rising curve means similar inputs are routed alike.",
-    "delta_loss_by_class": "Held-out loss increase when every latent of a class is removed "
-    "from each model's activation at the crosscoded site (symmetric log scale). An exclusive "
-    "class should raise its own model's loss and leave the other model's alone.",
+    "kl_by_class": "How far each model's next-token distribution moves (KL, log scale) when "
+    "every latent of a class is removed from its activation at the crosscoded site. An "
+    "exclusive class should move its own model and leave the other alone (bars at 1e-12: no "
+    "change at all).",
     "collapse": "Cross-domain top-k overlap per layer against a shuffled baseline: a curve well "
     "above the baseline would mean unrelated inputs share experts.",
 }
@@ -353,7 +354,8 @@ def interventions(run: Any, summary: dict[str, Any]) -> ReportSection:
         "Does a latent class matter causally to the model it decodes into? Each class's latents "
         "are removed from a model's activation at the crosscoded site (their activation times "
         "their decoder vector into that model) and the model runs on; the table gives the "
-        "increase in next-token loss and the KL of the next-token distribution, on "
+        "change in next-token loss (negative: the model predicts better without them) and the "
+        "KL of the next-token distribution, on "
         f"{settings['max_sequences']} held-out sequences per domain. A latent's card in the "
         "explorer shows the same for the most active latents of each class, one at a time."
     )
