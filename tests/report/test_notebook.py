@@ -47,3 +47,27 @@ def test_the_notebook_runs_and_prints_the_explorers_contexts(
         if output.output_type in ("display_data", "execute_result")
     ]
     assert any("ColoredTokens" in d["data"].get("text/html", "") for d in displays)
+
+
+def documented_example(tag: str) -> str:
+    """The python block right after ``<!-- example: TAG -->`` in docs/notebook.md."""
+    text = (NOTEBOOK.parents[1] / "docs" / "notebook.md").read_text()
+    match = re.search(rf"<!-- example: {tag} -->\s*```python\n(.*?)```", text, re.S)
+    assert match, f"no example tagged {tag!r} in docs/notebook.md"
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_the_documented_examples_run(report_run: Path, capsys: pytest.CaptureFixture) -> None:
+    """docs/notebook.md's two examples, in order, on the tiny run instead of the quickstart."""
+    namespace: dict = {}
+    for tag in ("open-run", "interventions"):
+        code = documented_example(tag).replace('"runs/quickstart"', repr(str(report_run)))
+        exec(compile(code, f"docs/notebook.md:{tag}", "exec"), namespace)
+    printed = capsys.readouterr().out
+    latent = namespace["latent"]
+    assert latent.latent_class == "moe_only"
+    assert latent.contexts_text() in printed
+    effects = namespace["effects"]
+    assert effects["moe_only"]["moe"].kl["all"] > 0
+    assert namespace["steered"].shape[-1] == namespace["run"].model("moe").vocab_size
