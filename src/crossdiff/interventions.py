@@ -37,7 +37,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from crossdiff.adapters import ModelAdapter
 from crossdiff.crosscoder.model import Crosscoder
@@ -248,12 +247,45 @@ def _effect(sums: _Sums, ablation: bool) -> InterventionEffect:
     )
 
 
-def _next_token(logits_BPV: torch.Tensor, tokens_BP: torch.Tensor, p0: int):
-    """``([N, V] float64 log-probabilities, [N] next-token NLL)`` for predictions at p0 … P−2."""
-    log_p = F.log_softmax(logits_BPV[:, p0:-1].double(), dim=-1).cpu()
-    targets = tokens_BP[:, p0 + 1 :].to(log_p.device).long()
-    nll = -log_p.gather(-1, targets[..., None]).squeeze(-1)
-    return log_p.reshape(-1, log_p.shape[-1]), nll.reshape(-1)
+@dataclass
+class _Prediction:
+    """A model's next-token predictions at positions p0 … P−2, in float64: ``z`` the logits
+    ``[N, V]``, ``lse`` their log-sum-exp ``[N]`` and ``nll`` the targets' NLL ``[N]``."""
+
+    z: torch.Tensor
+    lse: torch.Tensor
+    nll: torch.Tensor
+
+    @classmethod
+    def of(cls, logits_BPV: torch.Tensor, tokens_BP: torch.Tensor, p0: int) -> _Prediction:
+        z = logits_BPV[:, p0:-1].double().cpu()
+        z = z.reshape(-1, z.shape[-1])
+        lse = z.logsumexp(-1)
+        targets = tokens_BP[:, p0 + 1 :].reshape(-1, 1).long()
+        return cls(z, lse, lse - z.gather(-1, targets).squeeze(-1))
+
+
+class _Reference(_Prediction):
+    """The clean predictions, with what every KL against them reuses."""
+
+    p: torch.Tensor
+    """``[N, V]`` the clean next-token probabilities."""
+    expected_log_p: torch.Tensor
+    """``[N]`` Σ_v p_v log p_v."""
+
+    @classmethod
+    def of(cls, logits_BPV: torch.Tensor, tokens_BP: torch.Tensor, p0: int) -> _Reference:
+        ref = super().of(logits_BPV, tokens_BP, p0)
+        log_p = ref.z - ref.lse[:, None]
+        ref.p = log_p.exp()
+        ref.expected_log_p = torch.linalg.vecdot(ref.p, log_p)
+        return ref
+
+    def kl(self, other: _Prediction) -> torch.Tensor:
+        """``[N]`` KL(p ‖ q) = Σ p log p − (Σ p z_q − lse_q), q = softmax(z_q): one pass over
+        the edited logits."""
+        kl = self.expected_log_p - (torch.linalg.vecdot(self.p, other.z) - other.lse)
+        return kl.clamp_min(0.0)  # ≥ 0; equal distributions leave only rounding (~1e-16)
 
 
 @torch.no_grad()
@@ -296,15 +328,15 @@ def measure_interventions(
                 name: site_edits(crosscoder, iv, codes_TL) for name, iv in interventions.items()
             }
             for m in models:
-                log_clean, nll_clean = _next_token(adapters[m].logits(tokens[m]), tokens[m], p0)
+                clean = _Reference.of(adapters[m].logits(tokens[m]), tokens[m], p0)
                 for name, intervention in interventions.items():
                     logits = edited_logits(adapters[m], tokens[m], sites[m], edits[name][m], p0)
-                    log_edited, nll_edited = _next_token(logits, tokens[m], p0)
-                    kl_N = (log_clean.exp() * (log_clean - log_edited)).sum(-1)
+                    edited = _Prediction.of(logits, tokens[m], p0)
+                    kl_N = clean.kl(edited)
                     active_N = None
                     if intervention.kind == "ablate":
                         active_N = active_BQL[..., list(intervention.latents)].any(-1).reshape(-1)
-                    sums[name][m].add(domain, nll_clean, nll_edited, kl_N, active_N)
+                    sums[name][m].add(domain, clean.nll, edited.nll, kl_N, active_N)
     return {
         name: {m: _effect(sums[name][m], iv.kind == "ablate") for m in models}
         for name, iv in interventions.items()
