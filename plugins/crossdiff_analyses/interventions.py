@@ -25,6 +25,7 @@ from crossdiff.errors import ConfigError
 from crossdiff.figures import new_figure, save_figure
 from crossdiff.interventions import (
     ALL,
+    KL_FLOOR,
     ablate,
     count_firings,
     heldout_batches,
@@ -148,15 +149,11 @@ class Interventions:
 
 def _own_over_other(per_model, own: str | None) -> float | None:
     """KL in model ``own`` over the largest KL in another model (None for ``shared``, or when
-    no other model changed at all)."""
+    no other model changed beyond rounding, ``KL_FLOOR``)."""
     if own is None:
         return None
     other = max(e.kl[ALL] for m, e in per_model.items() if m != own)
-    return per_model[own].kl[ALL] / other if other > 0 else None
-
-
-FLOOR = 1e-12
-"""KL values below this (an exact 0 included) are drawn at it on the log scale."""
+    return per_model[own].kl[ALL] / other if other > KL_FLOOR else None
 
 
 def _class_figure(summary: dict[str, Any]):
@@ -171,7 +168,7 @@ def _class_figure(summary: dict[str, Any]):
         for j, model in enumerate(models):
             values = [summary["classes"][c]["effects"][model]["kl"][ALL] for c in labels]
             positions = [i + j * width for i in range(len(labels))]
-            ax.bar(positions, [max(v, FLOOR) for v in values], width, label=model)
+            ax.bar(positions, [max(v, KL_FLOOR) for v in values], width, label=model)
         ax.set_xticks([i + width * (len(models) - 1) / 2 for i in range(len(labels))])
         ax.set_xticklabels(labels)
         ax.set_yscale("log")

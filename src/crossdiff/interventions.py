@@ -44,6 +44,8 @@ from crossdiff.errors import ConfigError
 
 ALL = "all"
 """The key of every domain together in the per-domain results."""
+KL_FLOOR = 1e-12
+"""A mean KL below this is rounding (equal distributions give ~1e-15): no change."""
 KINDS = ("ablate", "steer")
 
 
