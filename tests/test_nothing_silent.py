@@ -449,7 +449,9 @@ def test_a_model_that_cannot_be_loaded_is_named_not_dropped(
     store.manifest["config"]["record"] = {"models": {"dense": str(model)}}
     crosscoder = Crosscoder.from_pretrained(run_dir / "crosscoder" / "crosscoder")
     warnings: list[str] = []
-    inputs = explorer_inputs(report_run, crosscoder, store, warnings)
+    inputs = explorer_inputs(
+        report_run.corpus_dir, crosscoder, store, report_run.manager, warnings=warnings
+    )
     assert "dense" not in inputs.unembeds
     assert any("model 'dense' could not be loaded" in w and str(model) in w for w in warnings)
 

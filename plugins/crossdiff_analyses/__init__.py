@@ -60,6 +60,12 @@ ANALYSES = (
         ("corpus", "activations/validation"),
         "crossdiff_analyses.routing_similarity:RoutingSimilarity",
     ),
+    LazyAnalysis(
+        "interventions",
+        "ablate each latent class in every model: Δ loss per domain, next-token KL, own vs other",
+        ("corpus", *FEATURE_INPUTS),
+        "crossdiff_analyses.interventions:Interventions",
+    ),
 )
 
 

@@ -16,8 +16,12 @@ from tests.pipeline.test_run import TINY_RUN
 REPORT_UMASK = 0o002
 """The umask the run is built under: not the common 022, so a kept default would show."""
 
-# the sparsity term makes exclusive latents (with λ = 0 none form), as in the quickstart
-REPORT_RUN = TINY_RUN.replace("progress = false", "progress = false\nsparsity_coeff = 1.0")
+# the sparsity term makes exclusive latents (with λ = 0 none form), as in the quickstart;
+# the interventions analysis puts its panel on the explorer's cards
+REPORT_RUN = TINY_RUN.replace("progress = false", "progress = false\nsparsity_coeff = 1.0").replace(
+    '"routing_similarity",\n]', '"routing_similarity", "interventions",\n]'
+)
+assert "interventions" in REPORT_RUN
 
 
 @pytest.fixture(scope="session")

@@ -370,14 +370,37 @@ class Crosscoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu") -> Crosscoder:
-        """Load a crosscoder saved by :meth:`save_pretrained`."""
-        path = Path(path)
-        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise ConfigError(f"{str(path)!r} has no {CONFIG_FILE} + {WEIGHTS_FILE} crosscoder")
+        """Load a crosscoder saved by :meth:`save_pretrained`: from ``path`` itself, or from a
+        crosscoder stage's directory (``RUN/crosscoder``, whose weights are in its
+        ``crosscoder/``)."""
+        path = _weights_dir(Path(path))
         cfg = from_dict(CrosscoderConfig, json.loads((path / CONFIG_FILE).read_text()), "cfg.json")
         model = cls(cfg)
         model.load_state_dict(load_tensors(path / WEIGHTS_FILE))
         return model.to(device)
+
+
+STAGE_WEIGHTS_DIR = "crosscoder"
+"""The subdirectory of a crosscoder stage holding its weights (``crosscoder.stage.WEIGHTS_DIR``)."""
+
+
+def _weights_dir(path: Path) -> Path:
+    """``path`` if it holds a saved crosscoder, else its stage subdirectory if that does; a
+    :class:`ConfigError` naming every place looked at otherwise."""
+    looked = [path, path / STAGE_WEIGHTS_DIR]
+    for place in looked:
+        if (place / CONFIG_FILE).is_file() and (place / WEIGHTS_FILE).is_file():
+            return place
+    where = " or ".join(repr(str(p)) for p in looked)
+    hint = ""
+    if (path / "checkpoint").is_dir():
+        hint = (
+            f"; {str(path / 'checkpoint')!r} holds an unfinished training's checkpoint "
+            "(finish the stage, or load its 'model' subdirectory)"
+        )
+    elif not path.exists():
+        hint = f"; {str(path)!r} does not exist"
+    raise ConfigError(f"no crosscoder ({CONFIG_FILE} + {WEIGHTS_FILE}) in {where}{hint}")
 
 
 def local_cut(scores_N: torch.Tensor, k_total: int) -> tuple[float, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,31 @@ def build_summary(run: Run, warnings: list[str] | None = None) -> dict[str, Any]
                 for name, t in density["tests"].items()
             },
         }
+    interventions = interventions_summary(summary["analyses"])
+    if interventions:
+        summary["interventions"] = interventions
     moe = moe_summary(summary["analyses"])
     if moe:
         summary["moe"] = moe
     return summary
+
+
+def interventions_summary(analyses: dict[str, Any]) -> dict[str, Any]:
+    """Per latent class: Δ loss and KL over all held-out domains in each model when the whole
+    class is ablated (docs/results-schema.md, ``interventions``)."""
+    data = analyses.get("interventions")
+    if not data:
+        return {}
+    return {
+        label: {
+            "latents": c["latents"],
+            "own_model": c["own_model"],
+            "delta_loss": {m: e["delta_loss"]["all"] for m, e in c["effects"].items()},
+            "kl": {m: e["kl"]["all"] for m, e in c["effects"].items()},
+            "kl_own_over_other": c["kl_own_over_other"],
+        }
+        for label, c in data["classes"].items()
+    }
 
 
 # ---------------------------------------------------------------- MoE analyses (docs: "moe.*")
@@ -343,17 +365,31 @@ def run_explorer(run: Run, warnings: list[str] | None = None):
         verify_stage_files(run.crosscoder_dir, manifest)
         crosscoder = Crosscoder.from_pretrained(run.crosscoder_dir / WEIGHTS_DIR)
         store = open_store(store_dir)
-        inputs = explorer_inputs(run, crosscoder, store, warnings)
+        inputs = explorer_inputs(run.corpus_dir, crosscoder, store, run.manager, warnings=warnings)
     except CrossdiffError as error:  # a damaged or missing input: named, not dropped
         warnings.append(f"{error}: the latent explorer is left out")
         return None
+    inputs.interventions = intervention_cards(run.run_dir)
     return build_explorer(crosscoder, store, inputs)
 
 
-def explorer_inputs(run: Run, crosscoder, store, warnings: list[str] | None = None):
-    """Tokens, each model's unembedding path and the MoE models' routing, for the explorer; a
-    model that cannot be loaded is named in ``warnings`` (its logit effects and routing are
-    left out)."""
+def intervention_cards(run_dir: Path) -> dict[int, dict[str, Any]]:
+    """Latent -> its effects from the ``interventions`` analysis (none if it did not run)."""
+    path = Path(run_dir) / "analyses" / "interventions" / "summary.json"
+    if not path.is_file():
+        return {}
+    latents = json.loads(path.read_text()).get("latents", {})
+    return {int(latent): effects for latent, effects in latents.items()}
+
+
+def explorer_inputs(
+    corpus_dir: Path, crosscoder, store, manager, load=None, warnings: list[str] | None = None
+):
+    """Tokens, each model's unembedding path and the MoE models' routing, for the explorer.
+
+    The models load from the paths the store records, or through ``load`` (model name ->
+    its adapter) where given (``crossdiff.open_run`` passes its own, loaded once); a model that
+    cannot be loaded is named in ``warnings`` (its logit effects and routing are left out)."""
     import functools
 
     import torch
@@ -365,8 +401,8 @@ def explorer_inputs(run: Run, crosscoder, store, warnings: list[str] | None = No
     from crossdiff.store import store_alignments
 
     split = store.manifest["config"]["store"]["split"]
-    input_ids = load_sequences(run.corpus_dir)[split].input_ids
-    tokenizer = load_tokenizer(run.corpus_dir / "tokenizer")
+    input_ids = load_sequences(corpus_dir)[split].input_ids
+    tokenizer = load_tokenizer(Path(corpus_dir) / "tokenizer")
     inputs = ExplorerInputs(functools.cache(lambda i: tokenizer.decode([i])), input_ids)
     paths = store.record.get("models", {})
     alignments = store_alignments(store)
@@ -379,7 +415,7 @@ def explorer_inputs(run: Run, crosscoder, store, warnings: list[str] | None = No
             )
             continue
         try:
-            adapter = load_adapter(paths[name], run.manager)
+            adapter = load(name) if load else load_adapter(paths[name], manager)
         except (OSError, ValueError, CrossdiffError) as error:  # e.g. a hub model offline
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             warnings.append(

@@ -127,6 +127,14 @@
       + `<text x="0" y="${h / 2}" font-size="11" transform="rotate(-90 8 ${h / 2})">tokens</text></svg>`;
   }
 
+  // the interventions analysis's effect of ablating this latent alone, where it measured it
+  function interventionPanel(iv) {
+    if (!iv) return "";
+    const rows = Object.entries(iv.effects).map(([model, e]) => `<tr><td>${esc(model)}</td><td class="num">${fmt(e.delta_loss)}</td><td class="num">${fmt(e.kl)}</td><td class="num">${fmt(e.kl_active)}</td></tr>`).join("");
+    return `<div class="intervention"><h4>ablating this latent</h4><p class="note">Its contribution removed from each model at the crosscoded site (held-out text, ${esc(String(iv.fires))} tokens where it fires): the change in next-token loss and the KL of the next-token distribution, in nats.</p>`
+      + `<table class="intervention-effects"><thead><tr><th>model</th><th class="num">Δ loss</th><th class="num">KL</th><th class="num">KL where active</th></tr></thead><tbody>${rows}</tbody></table></div>`;
+  }
+
   function showCard(card) {
     const row = rows.find((r) => r[0] === card.latent);
     const box = $("latent-card");
@@ -145,7 +153,8 @@
       + `<h4>density per domain</h4><table class="domain-density">${domains}</table></div></div>`
       + `<h4>top-activating held-out contexts (${card.contexts.length})</h4><p class="note">Each token coloured by the latent's activation on it (hover for the value); the colour scale runs from 0 to the latent's largest activation.</p>${contexts}`
       + (logits ? `<h4>logit effects</h4><p class="note">The decoder direction for each model through that model's final norm and unembedding (direct path, later blocks left out): the tokens whose logits it raises and lowers most.</p><div class="card-grid">${logits}</div>` : "")
-      + (experts ? `<h4>expert co-activation</h4><div class="card-grid">${experts}</div>` : "");
+      + (experts ? `<h4>expert co-activation</h4><div class="card-grid">${experts}</div>` : "")
+      + interventionPanel(card.intervention);
     box.hidden = false;
     const max = Math.max(1e-6, ...card.contexts.map((c) => Math.max(...c.values)));
     card.contexts.forEach((c, i) => {

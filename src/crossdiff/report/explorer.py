@@ -259,38 +259,81 @@ class ExplorerInputs:
     model_tokens: dict[str, Callable[[int], str]] = field(default_factory=dict)
     """Model -> its own token id -> text (logit effects are in the model's vocabulary)."""
     experts: dict[str, ExpertView] = field(default_factory=dict)
+    interventions: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """Latent -> its measured intervention effects (the ``interventions`` analysis), if any."""
 
 
-def build_explorer(
+@dataclass
+class LatentStats:
+    """The first pass and what follows from it, for every latent: what a table row reads."""
+
+    tallies: Tallies
+    classes: list[str]
+    """Class of every latent (``latent_classes``)."""
+    norms_LM: torch.Tensor
+    """``[L, M]`` decoder norms in the normalised space."""
+    ratio_L: torch.Tensor
+    """``[L]`` relative decoder norm of the first two models."""
+    nu_L: torch.Tensor
+    """``[L]`` latent scaling's ratio ν."""
+    density_L: torch.Tensor
+    domain_density: dict[str, torch.Tensor]
+    owners: dict[int, dict[str, Any]]
+    """Latent -> its owning expert and lift (specific latents only)."""
+    domains: list[str]
+
+    @property
+    def live(self) -> list[int]:
+        """Latents that fired on the store."""
+        return [int(i) for i in (self.tallies.fires_L > 0).nonzero().flatten()]
+
+
+def latent_stats(
+    crosscoder: Crosscoder, store: StoreInfo, inputs: ExplorerInputs, settings: ExplorerSettings
+) -> LatentStats:
+    """One pass over ``store`` (:func:`tally_latents`) and every latent's table statistics."""
+    tallies = tally_latents(crosscoder, store, settings.contexts, inputs.experts)
+    norms_LM = latent_decoder_norms(crosscoder)
+    domains = list(store.domains)
+    return LatentStats(
+        tallies=tallies,
+        classes=latent_classes(crosscoder),
+        norms_LM=norms_LM,
+        ratio_L=norms_LM[:, 1] / (norms_LM[:, 0] + norms_LM[:, 1]).clamp_min(1e-30),
+        nu_L=tallies.scaling.scaled_ratio(),
+        density_L=tallies.fires_L.double() / max(tallies.tokens, 1),
+        domain_density={
+            d: tallies.domain_fires[d].double() / max(tallies.domain_tokens[d], 1) for d in domains
+        },
+        owners=_owners(tallies, settings),
+        domains=domains,
+    )
+
+
+def explorer_columns(domains: list[str]) -> list[str]:
+    """The explorer table's columns."""
+    columns = ["latent", "class", "relative_norm", "scaled_ratio", "density"]
+    columns += [f"density_{d}" for d in domains]
+    return [*columns, "max_activation", "top_tokens", "expert", "lift"]
+
+
+def latent_entries(
     crosscoder: Crosscoder,
     store: StoreInfo,
     inputs: ExplorerInputs,
-    settings: ExplorerSettings | None = None,
-) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
-    """``(index, cards)``: the table of every live latent and each live latent's card."""
-    settings = settings or ExplorerSettings()
-    tallies = tally_latents(crosscoder, store, settings.contexts, inputs.experts)
-    live = [int(i) for i in (tallies.fires_L > 0).nonzero().flatten()]
-    classes = latent_classes(crosscoder)
-    norms_LM = latent_decoder_norms(crosscoder)
-    ratio_L = norms_LM[:, 1] / (norms_LM[:, 0] + norms_LM[:, 1]).clamp_min(1e-30)
-    nu_L = tallies.scaling.scaled_ratio()
-    density_L = tallies.fires_L.double() / max(tallies.tokens, 1)
-    domains = list(store.domains)
-    domain_density = {
-        d: tallies.domain_fires[d].double() / max(tallies.domain_tokens[d], 1) for d in domains
-    }
+    stats: LatentStats,
+    latents: list[int],
+    settings: ExplorerSettings,
+) -> tuple[list[list[Any]], dict[int, dict[str, Any]]]:
+    """``(table rows, cards)`` of ``latents``: one more pass over ``store`` reads the activations
+    on their top contexts' windows."""
+    tallies, domains = stats.tallies, stats.domains
     length = int(inputs.input_ids.shape[1])
-    rows, sequences, positions = context_rows(tallies, live, settings, length)
-    values = window_values(crosscoder, store, rows, live)
-    owners = _owners(tallies, settings)
-    effects = _logit_lists(crosscoder, live, inputs, settings)
-    models = list(crosscoder.cfg.models)
-    columns = ["latent", "class", "relative_norm", "scaled_ratio", "density"]
-    columns += [f"density_{d}" for d in domains]
-    columns += ["max_activation", "top_tokens", "expert", "lift"]
+    rows, sequences, positions = context_rows(tallies, latents, settings, length)
+    values = window_values(crosscoder, store, rows, latents)
+    effects = _logit_lists(crosscoder, latents, inputs, settings)
     table, cards = [], {}
-    for i, latent in enumerate(live):
+    for i, latent in enumerate(latents):
         contexts, peaks = [], []
         for n in range(sequences.shape[1]):
             sequence = int(sequences[i, n])
@@ -305,15 +348,15 @@ def build_explorer(
             contexts.append({"tokens": tokens, "values": acts, "peak": peak,
                              "sequence": sequence})  # fmt: skip
         top_tokens = list(dict.fromkeys(peaks))[:3]
-        owner = owners.get(latent)
+        owner = stats.owners.get(latent)
         table.append(
             [
                 latent,
-                classes[latent],
-                _number(float(ratio_L[latent])),
-                _number(float(nu_L[latent])),
-                _number(float(density_L[latent])),
-                *(_number(float(domain_density[d][latent])) for d in domains),
+                stats.classes[latent],
+                _number(float(stats.ratio_L[latent])),
+                _number(float(stats.nu_L[latent])),
+                _number(float(stats.density_L[latent])),
+                *(_number(float(stats.domain_density[d][latent])) for d in domains),
                 _number(float(tallies.top_values_NL[0, latent])),
                 top_tokens,
                 owner["label"] if owner else None,
@@ -324,20 +367,36 @@ def build_explorer(
             "latent": latent,
             "contexts": contexts,
             "histogram": tallies.hist_LH[latent].tolist(),
-            "domain_density": {d: _number(float(domain_density[d][latent])) for d in domains},
+            "domain_density": {d: _number(float(stats.domain_density[d][latent])) for d in domains},
             "logits": {m: effects[m][i] for m in effects},
             "experts": _expert_card(tallies, latent),
         }
+        if latent in inputs.interventions:
+            cards[latent]["intervention"] = inputs.interventions[latent]
+    return table, cards
+
+
+def build_explorer(
+    crosscoder: Crosscoder,
+    store: StoreInfo,
+    inputs: ExplorerInputs,
+    settings: ExplorerSettings | None = None,
+) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+    """``(index, cards)``: the table of every live latent and each live latent's card."""
+    settings = settings or ExplorerSettings()
+    stats = latent_stats(crosscoder, store, inputs, settings)
+    live = stats.live
+    table, cards = latent_entries(crosscoder, store, inputs, stats, live, settings)
     index = {
-        "columns": columns,
+        "columns": explorer_columns(stats.domains),
         "rows": table,
-        "models": models,
-        "domains": domains,
+        "models": list(crosscoder.cfg.models),
+        "domains": stats.domains,
         "histogram_edges": [_number(e, 3) for e in HIST_EDGES],
         "chunk": settings.chunk,
-        "tokens": tallies.tokens,
+        "tokens": stats.tallies.tokens,
         "n_latents": crosscoder.cfg.dict_size,
-        "classes": sorted(set(classes[i] for i in live)),
+        "classes": sorted(set(stats.classes[i] for i in live)),
         "expert_models": {m: v.layer for m, v in inputs.experts.items()},
         "settings": vars(settings),
     }
