@@ -23,6 +23,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from crossdiff.stats import holm
+
 ALPHA = 0.05
 """Family-wise significance level of the claims judged by a test (Holm-adjusted)."""
 MIN_CLASS_LATENTS = 10
@@ -110,17 +112,6 @@ def not_testable(
 ) -> Claim:
     """A claim the run cannot decide, with the reason."""
     return Claim(source, claim, measured, f"not testable: {reason}", None, n=n)
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values, in the given order (each ≤ 1, monotone in rank)."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    adjusted = [0.0] * len(p_values)
-    running = 0.0
-    for rank, index in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
-        adjusted[index] = running
-    return adjusted
 
 
 def adjust(claims: list[Claim]) -> list[Claim]:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from crossdiff.stats import holm
+
 Record = dict[str, Any]
 
 ALPHA = 0.05
@@ -358,17 +360,6 @@ CLAIMS: dict[str, ClaimSpec] = {
     ),
 }
 """Every toy claim a config may list, by name, in the order the seed study states them."""
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values, in the input order."""
-    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
-    adjusted = [0.0] * len(p_values)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def judge_claims(
