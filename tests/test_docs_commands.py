@@ -68,6 +68,12 @@ NOT_RUN_HERE = {
     "characters_per_domain": "the haiku plugin's analysis: tests/test_plugin_distribution.py",
     "runs/tinymoe": "the adapter tutorial: tests/test_plugin_distribution.py runs it as written",
     "time crossdiff": "the commands above it, timed for the table beside them",
+    "bench_verify.py": "a benchmark that harvests a store (minutes); tests/test_nothing_silent.py "
+    "tests the verification it times",
+    "jupyter-execute examples/explore_run.ipynb": "needs a finished quickstart run: "
+    "tests/report/test_notebook.py executes the notebook on a tiny run",
+    "analyze interventions --run runs/quickstart": "needs a finished quickstart run: "
+    "tests/test_interventions.py runs the analysis on a tiny run",
 }
 """A substring of a command -> why it is not run by this module (and what runs it)."""
 
