@@ -149,6 +149,8 @@ def test_a_store_altered_after_a_run_is_not_up_to_date(run_copy: Path) -> None:
     from crossdiff.pipeline.stages import harvest_done
 
     class FakeRun:
+        repair = False
+
         def store_dir(self, split: str) -> Path:
             return run_copy / "activations" / "validation"
 
@@ -156,7 +158,10 @@ def test_a_store_altered_after_a_run_is_not_up_to_date(run_copy: Path) -> None:
     shards = run_copy / "activations" / "validation" / "shards"
     alter_last_bytes(shards / "shard-000001.safetensors")
     forget_verified()
-    assert not harvest_done(FakeRun())  # so `run` harvests the damaged shard again
+    with pytest.raises(DamagedFileError, match=r"shard-000001\.safetensors.*--repair"):
+        harvest_done(FakeRun())  # `run` stops, naming the shard and how to repair it
+    FakeRun.repair = True
+    assert not harvest_done(FakeRun())  # `run --repair` harvests the damaged shard again
 
 
 def test_a_verified_file_is_hashed_once_per_process(

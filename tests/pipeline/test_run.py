@@ -304,9 +304,13 @@ def test_altered_bytes_in_a_finished_run_are_named_not_used(
     assert main(["analyze", "density", "--run", str(run)]) == 2
     err = capsys.readouterr().err
     assert str(shard) in err and "checksum differs" in err and err.count("\n") == 1, err
+    assert main(["run", str(tiny_run / "tiny.toml"), "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err  # `run` is not "up to date" on altered bytes: a named error
+    assert str(shard) in err and "--repair" in err and err.count("\n") == 1, err
+    forget_verified()
     lines: list[str] = []
     with pytest.warns(UserWarning, match=r"shard-000000\.safetensors.*damaged"):
-        run_pipeline(load_run_config(tiny_run / "tiny.toml"), run, log=lines.append)
+        run_pipeline(load_run_config(tiny_run / "tiny.toml"), run, log=lines.append, repair=True)
     assert "[3/6] harvest: running" in lines, lines  # not "up to date": it redid the shard
     assert shard.read_bytes() == intact
     weights = run / "models" / "dense" / "model.safetensors"

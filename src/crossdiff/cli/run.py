@@ -29,6 +29,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="override a setting of the config, e.g. --set crosscoder.steps=100 (repeat); "
         "VALUE is a TOML value, or a plain string",
     )  # fmt: skip
+    cmd.add_argument(
+        "--repair",
+        action="store_true",
+        help="harvest again the shards whose bytes no longer match their checksums (default: "
+        "a named error)",
+    )
     cmd.add_argument("--no-progress", action="store_true", help="no progress bars or step logs")
     cmd.add_argument(
         "--until", choices=STAGES, metavar="STAGE",
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_run_config(args.config, args.overrides)
     run_pipeline(
         config, args.out, overwrite=args.overwrite, progress=not args.no_progress,
-        until=args.until,
+        until=args.until, repair=args.repair,
     )  # fmt: skip
     if args.until and args.until != "report":
         print(f"stopped after the {args.until} stage: {args.out}")

@@ -40,6 +40,8 @@ class Run:
     """Replace stage output made with other settings instead of refusing it."""
     progress: bool = True
     """Progress bars in the harvest and crosscoder stages."""
+    repair: bool = False
+    """Harvest again the shards whose bytes differ from their record (else: a named error)."""
 
     @property
     def corpus_dir(self) -> Path:
@@ -79,12 +81,15 @@ def run_pipeline(
     overwrite: bool = False,
     progress: bool = True,
     until: str | None = None,
+    repair: bool = False,
 ) -> dict[str, Any]:
     """Run (or finish) every stage of ``config`` in ``run_dir``; return ``summary.json``'s data.
 
     Every setting is checked before the first stage; a stage whose directory holds output of
     other settings refuses (naming them) unless ``overwrite``. ``until`` names the last stage
-    to run (one of :data:`STAGES`); stopping before the report returns ``{}``.
+    to run (one of :data:`STAGES`); stopping before the report returns ``{}``. A finished
+    store whose shards no longer match their checksums is a named error unless ``repair``,
+    which harvests the damaged shards again.
     """
     if until is not None and until not in STAGES:
         from crossdiff.errors import unknown_choice
@@ -94,7 +99,9 @@ def run_pipeline(
     from crossdiff.stages import named_write_errors
 
     retain_freed_memory()
-    run = Run(config, Path(run_dir), manager or create_plugin_manager(), overwrite, progress)
+    run = Run(
+        config, Path(run_dir), manager or create_plugin_manager(), overwrite, progress, repair
+    )
     check_run(run)
     record_path = run.run_dir / "pipeline.json"
     record = read_manifest_file(record_path)

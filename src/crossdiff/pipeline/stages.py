@@ -125,7 +125,8 @@ def run_harvest(run: Run, log: Log) -> None:
 
 
 def harvest_done(run: Run) -> bool:
-    """Both stores are complete, every shard of the recorded size with a readable header."""
+    """Both stores are complete and every shard matches its recorded size and checksum; a
+    damaged shard raises, named, unless ``run.repair`` (then the harvest redoes it)."""
     from crossdiff.errors import DamagedFileError
     from crossdiff.store import open_store
 
@@ -135,7 +136,9 @@ def harvest_done(run: Run) -> bool:
         for split in SPLITS:
             open_store(run.store_dir(split))
     except DamagedFileError:
-        return False  # the harvest stage checks every shard and redoes the damaged ones
+        if run.repair:
+            return False  # the harvest stage checks every shard and redoes the damaged ones
+        raise
     return True
 
 

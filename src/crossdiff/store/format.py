@@ -172,8 +172,8 @@ def store_fingerprint(info: StoreInfo) -> str:
 
 
 REGENERATE_SHARD = (
-    "rerun the same `crossdiff harvest` (or `crossdiff run`) command: it checks every shard "
-    "and harvests the damaged ones again"
+    "rerun the same `crossdiff harvest` command, or `crossdiff run` with `--repair`: they check "
+    "every shard and harvest the damaged ones again"
 )
 
 
