@@ -572,3 +572,17 @@ def test_an_moe_with_identity_experts_is_refused_by_name_at_adapt_time() -> None
     model = AutoModelForCausalLM.from_config(config)
     with pytest.raises(ConfigError, match=r"LongcatFlashMoE.*2 zero-computation.*not supported"):
         adapt(model, create_plugin_manager())
+
+
+def test_a_damaged_interventions_summary_is_a_named_warning_not_a_crash(tmp_path: Path) -> None:
+    from crossdiff.pipeline.report import intervention_cards
+
+    assert intervention_cards(tmp_path) == {}  # the analysis did not run: nothing to say
+    path = tmp_path / "analyses" / "interventions" / "summary.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"latents": {"7": {"kl": 0.5}}}')
+    assert intervention_cards(tmp_path) == {7: {"kl": 0.5}}
+    path.write_text('{"latents": {"7"')  # cut short
+    warnings: list[str] = []
+    assert intervention_cards(tmp_path, warnings) == {}
+    assert len(warnings) == 1 and str(path) in warnings[0] and "damaged" in warnings[0]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -369,16 +368,19 @@ def run_explorer(run: Run, warnings: list[str] | None = None):
     except CrossdiffError as error:  # a damaged or missing input: named, not dropped
         warnings.append(f"{error}: the latent explorer is left out")
         return None
-    inputs.interventions = intervention_cards(run.run_dir)
+    inputs.interventions = intervention_cards(run.run_dir, warnings)
     return build_explorer(crosscoder, store, inputs)
 
 
-def intervention_cards(run_dir: Path) -> dict[int, dict[str, Any]]:
-    """Latent -> its effects from the ``interventions`` analysis (none if it did not run)."""
+def intervention_cards(
+    run_dir: Path, warnings: list[str] | None = None
+) -> dict[int, dict[str, Any]]:
+    """Latent -> its effects from the ``interventions`` analysis (none if it did not run); a
+    damaged summary adds a line to ``warnings`` (the cards then show no effects)."""
     path = Path(run_dir) / "analyses" / "interventions" / "summary.json"
-    if not path.is_file():
-        return {}
-    latents = json.loads(path.read_text()).get("latents", {})
+    summary = read_input(path, "the interventions analysis's summary.json", [] if warnings
+                         is None else warnings, required=False)  # fmt: skip
+    latents = summary.get("latents", {}) if isinstance(summary, dict) else {}
     return {int(latent): effects for latent, effects in latents.items()}
 
 
